@@ -1,0 +1,209 @@
+"""The base class every ct3dzoo model derives from."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .heads import AttentionPool, ClassifierHead, HeadSpec, create_fc
+
+__all__ = ["CTModel", "run_blocks"]
+
+
+def run_blocks(blocks: Sequence[nn.Module], x: Any, enabled: bool) -> Any:
+    """Run ``blocks`` in order, recomputing each in the backward pass when ``enabled``."""
+    for block in blocks:
+        if enabled and torch.is_grad_enabled():
+            x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x)
+    return x
+
+
+class CTModel(nn.Module):
+    """A video network adapted to CT volumes.
+
+    Input: ``(B, in_chans, D, H, W)`` float, HU already windowed to [0, 1]; D = slices.
+    The stem convolution(s) fold the weights' own mean/std in, so no normalisation is needed.
+
+    Subclasses set ``self.backbone`` and implement :meth:`_forward_features`.
+    """
+
+    arch: str = ""
+    #: prefix under which the upstream's own module tree lives (upstream key -> our key)
+    upstream_prefix: str = "backbone."
+    #: feature layout returned by forward_features: "ncdhw", "nlc_cls" or "pathways"
+    feature_format: str = "ncdhw"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_chans: int,
+        head: HeadSpec,
+        drop_rate: float,
+        feature_dim: int | Sequence[int],
+        num_features: int,
+        default_pool: nn.Module,
+        pretrained_cfg: dict[str, Any],
+        min_size: Sequence[int] = (1, 1, 1),
+        fixed_size: Sequence[int] | None = None,
+        size_divisor: Sequence[int] = (1, 1, 1),
+        stem_names: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.feature_dim = feature_dim
+        self.num_features = num_features
+        self.drop_rate = drop_rate
+        self.pretrained_cfg = dict(pretrained_cfg)
+        self.min_size = tuple(min_size)
+        self.fixed_size = None if fixed_size is None else tuple(fixed_size)
+        self.size_divisor = tuple(size_divisor)
+        self.stem_names = tuple(stem_names)
+        self.grad_checkpointing = False
+        self._default_pool = default_pool
+        self.pre_logits: nn.Module = nn.Identity()
+        self.head = self._make_head(head, num_classes)
+        self.model_config: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ head
+    def _make_head(self, head: HeadSpec, num_classes: int) -> ClassifierHead:
+        if isinstance(head, str) and head == "attention":
+            pool: nn.Module = AttentionPool(
+                self.feature_dim, has_cls_token=self.feature_format == "nlc_cls"
+            )
+            kind = "attention"
+        else:
+            pool = self._default_pool
+            kind = head if isinstance(head, str) else "custom"
+        fc = create_fc(head, self.num_features, num_classes)
+        return ClassifierHead(pool, fc, self.drop_rate, kind=kind)
+
+    def get_classifier(self) -> nn.Module:
+        """The final classifier (``head.fc``)."""
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, head: HeadSpec | None = None) -> None:
+        """Replace the head by a fresh one with ``num_classes`` outputs (0: pre-logits)."""
+        kind = self.head.kind if head is None else head
+        if kind == "custom":
+            raise ValueError("the current head is a custom module: pass head= to reset it")
+        device = next(self.parameters()).device
+        self.head = self._make_head(kind, num_classes).to(device)
+        self.num_classes = num_classes
+        self.model_config.update(num_classes=num_classes)
+        if isinstance(kind, str):
+            self.model_config.update(head=kind)
+
+    # --------------------------------------------------------------- forward
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a clear error when ``x`` is not ``(B, in_chans, D, H, W)`` of a usable size."""
+        name = self.pretrained_cfg.get("arch", type(self).__name__)
+        expected = f"(B, {self.in_chans}, D, H, W)"
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} expects a torch.Tensor {expected}, got {type(x).__name__}")
+        if x.ndim != 5:
+            hint = ""
+            if x.ndim == 3:
+                hint = " For one (D, H, W) volume use x[None, None]."
+            elif x.ndim == 4:
+                hint = " For one (C, D, H, W) volume use x[None]."
+            raise ValueError(
+                f"{name} expects a 5-D tensor {expected}, got shape {tuple(x.shape)}.{hint}"
+            )
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{name} was built for in_chans={self.in_chans}, so it expects {expected}; got "
+                f"{x.shape[1]} channels (shape {tuple(x.shape)}). Load it with "
+                f"in_chans={x.shape[1]} or window the volume into {self.in_chans} channel(s)."
+            )
+        if not x.is_floating_point():
+            raise TypeError(
+                f"{name} expects a float tensor in [0, 1] (HU windowed), got {x.dtype}; "
+                "use ct3dzoo.data.apply_window"
+            )
+        dhw = tuple(x.shape[2:])
+        if any(s < m for s, m in zip(dhw, self.min_size)):
+            raise ValueError(
+                f"{name} needs volumes of at least D x H x W = "
+                f"{'x'.join(map(str, self.min_size))}; got {'x'.join(map(str, dhw))}"
+            )
+        if self.fixed_size is not None and dhw != self.fixed_size:
+            raise ValueError(
+                f"{name} was built for D x H x W = {'x'.join(map(str, self.fixed_size))} (its "
+                f"position embeddings depend on the size); got {'x'.join(map(str, dhw))}. Build "
+                f"it for that size with load(..., num_slices={dhw[0]}, image_size=({dhw[1]}, "
+                f"{dhw[2]})): embeddings are resampled."
+            )
+        bad = [s for s, d in zip(dhw, self.size_divisor) if s % d]
+        if bad:
+            raise ValueError(
+                f"{name} needs D, H, W divisible by {self.size_divisor}; got "
+                f"{'x'.join(map(str, dhw))}"
+            )
+
+    def adapt_upstream_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Family hook: rename/resample upstream tensors (upstream key names) for this model's
+        size, e.g. position embeddings. The default is the identity."""
+        return sd
+
+    def upstream_key(self, key: str) -> str:
+        """Where an upstream state-dict key lives in this model."""
+        return self.upstream_prefix + key
+
+    def _forward_features(self, x: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def forward_features(self, x: torch.Tensor) -> Any:
+        """The unpooled feature map: ``(B, C, T', H', W')`` for CNNs and Swin, ``(B, 1 + N, C)``
+        tokens (class token first, after the final norm) for MViT, a list of two maps for
+        SlowFast."""
+        self.check_input(x)
+        return self._forward_features(x)
+
+    def forward_head(self, features: Any, pre_logits: bool = False) -> torch.Tensor:
+        """Pool the features; return ``(B, num_features)`` pre-logits or ``(B, num_classes)``."""
+        x = self.pre_logits(self.head.pool(features))
+        if pre_logits:
+            return x
+        return self.head.fc(self.head.drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, D, H, W)`` in [0, 1] -> logits ``(B, num_classes)`` (or pre-logits
+        ``(B, num_features)`` when ``num_classes == 0``)."""
+        return self.forward_head(self.forward_features(x))
+
+    # ----------------------------------------------------------------- misc
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the backbone's stages in the backward pass to save activation memory."""
+        self.grad_checkpointing = bool(enable)
+
+    def stem_modules(self) -> list[nn.Module]:
+        """The input stem(s): folded convolution and what directly follows it."""
+        return [self.get_submodule(n) for n in self.stem_names]
+
+    def stem_convs(self) -> Iterator[tuple[str, nn.Module]]:
+        from .adapt import FoldedStemConv
+
+        for name, m in self.named_modules():
+            if isinstance(m, FoldedStemConv):
+                yield name, m
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> Any:
+        """Write ``config.json``, ``model.safetensors`` and a README model card."""
+        from . import _hub
+
+        return _hub.save_pretrained(self, save_directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload what :meth:`save_pretrained` writes to a Hugging Face Hub repo."""
+        from . import _hub
+
+        return _hub.push_to_hub(self, repo_id, **kwargs)

@@ -1,0 +1,159 @@
+"""pytorchvideo's ResNet-style video networks: Slow-R50, C2D-R50, I3D-R50, R(2+1)D-R50 and
+CSN-R101 (Kinetics-400 model zoo).
+
+The upstream ``Net`` is kept as ``backbone.blocks`` minus its head (fixed ``AvgPool3d``
+sized to the training clip, dropout, ``proj``); ct3dzoo pools globally, which equals the
+upstream at the native clip and works at any size. Stem ``blocks.0.conv``.
+Pre-logits: the global average of the last stage (2048-d).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pytorchvideo.models import hub as pvh
+
+from .._model import CTModel, run_blocks
+from .._registry import register_model, register_pretrained
+from ..heads import AvgPool
+from ._common import PV_LICENSE, PV_MEAN, PV_STD, cfg_row, fold_stems
+
+_ZOO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
+_SLOWFAST_CITE = (
+    "Feichtenhofer, Fan, Malik, He. SlowFast Networks for Video Recognition. ICCV 2019."
+)
+
+
+def pv_row(
+    file: str, *, frames: int, crop: int, head_block: int, citation: str, paper: str, notes: str
+) -> dict[str, Any]:
+    """A pytorchvideo Kinetics-400 model-zoo row (no published hash: sha256 recorded on
+    first download)."""
+    return cfg_row(
+        url=f"{_ZOO}/{file}",
+        file_format="pytorchvideo",
+        mean=PV_MEAN,
+        std=PV_STD,
+        input_size=(3, frames, crop, crop),
+        classifier=(f"blocks.{head_block}.proj",),
+        num_classes=400,
+        dataset="Kinetics-400",
+        source="pytorchvideo",
+        license=PV_LICENSE,
+        citation=citation,
+        paper=paper,
+        notes=notes,
+    )
+
+
+_ROWS = {
+    "slow_r50.kinetics400": pv_row(
+        "SLOW_8x8_R50.pyth", frames=8, crop=224, head_block=5, citation=_SLOWFAST_CITE,
+        paper="https://arxiv.org/abs/1812.03982", notes="Kinetics-400 top-1 74.58; 8x8 setting.",
+    ),
+    "c2d_r50.kinetics400": pv_row(
+        "C2D_8x8_R50.pyth", frames=8, crop=224, head_block=6,
+        citation="Wang, Girshick, Gupta, He. Non-local Neural Networks. CVPR 2018.",
+        paper="https://arxiv.org/abs/1711.07971", notes="Kinetics-400 top-1 71.46; 8x8 setting.",
+    ),
+    "i3d_r50.kinetics400": pv_row(
+        "I3D_8x8_R50.pyth", frames=8, crop=224, head_block=6,
+        citation=(
+            "Carreira, Zisserman. Quo Vadis, Action Recognition? A New Model and the Kinetics "
+            "Dataset. CVPR 2017."
+        ),
+        paper="https://arxiv.org/abs/1705.07750", notes="Kinetics-400 top-1 73.27; 8x8 setting.",
+    ),
+    "r2plus1d_r50.kinetics400": pv_row(
+        "R2PLUS1D_16x4_R50.pyth", frames=16, crop=224, head_block=5,
+        citation=(
+            "Tran, Wang, Torresani, Ray, LeCun, Paluri. A Closer Look at Spatiotemporal "
+            "Convolutions for Action Recognition. CVPR 2018."
+        ),
+        paper="https://arxiv.org/abs/1711.11248", notes="Kinetics-400 top-1 76.01; 16x4 setting.",
+    ),
+    "csn_r101.kinetics400": pv_row(
+        "CSN_32x2_R101.pyth", frames=32, crop=224, head_block=5,
+        citation=(
+            "Tran, Wang, Torresani, Feiszli. Video Classification with Channel-Separated "
+            "Convolutional Networks. ICCV 2019."
+        ),
+        paper="https://arxiv.org/abs/1904.02811", notes="Kinetics-400 top-1 77.0; 32x2 setting.",
+    ),
+}  # fmt: skip
+for _row in _ROWS.values():
+    _row["stem"] = ("blocks.0.conv",)
+register_pretrained(_ROWS)
+
+
+class PVResNet(CTModel):
+    """A pytorchvideo ResNet-style ``Net`` adapted to CT (see module docstring)."""
+
+    def __init__(
+        self,
+        builder,
+        *,
+        in_chans: int,
+        pretrained_cfg: dict,
+        min_size=(1, 32, 32),
+        **kw: Any,
+    ) -> None:
+        head_kw = {k: kw.pop(k) for k in ("num_classes", "head", "drop_rate")}
+        super().__init__(
+            in_chans=in_chans,
+            feature_dim=2048,
+            num_features=2048,
+            default_pool=AvgPool(),
+            pretrained_cfg=pretrained_cfg,
+            stem_names=("backbone.blocks.0",),
+            min_size=min_size,
+            **head_kw,
+        )
+        net = builder(pretrained=False, **kw)
+        del net.blocks[-1]
+        fold_stems(net, ["blocks.0.conv"], in_chans=in_chans, mean=PV_MEAN, std=PV_STD)
+        self.backbone = net
+
+    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return run_blocks(list(self.backbone.blocks), x, self.grad_checkpointing)
+
+
+def _build(builder, num_slices, image_size, **kw):
+    return PVResNet(builder, **kw)
+
+
+@register_model("slow_r50", family="pv_resnet", default_tag="kinetics400")
+def slow_r50(**kw: Any) -> PVResNet:
+    """Slow-R50 8x8 (32.5M parameters) — the paper's Slow-R50; native clip 8x224x224."""
+    return _build(pvh.slow_r50, **kw)
+
+
+@register_model("c2d_r50", family="pv_resnet", default_tag="kinetics400")
+def c2d_r50(**kw: Any) -> PVResNet:
+    """C2D-R50 8x8 (24.3M parameters); native clip 8x224x224; needs D >= 2."""
+    return PVResNet(pvh.c2d_r50, min_size=(2, 32, 32), **_drop_size(kw))
+
+
+@register_model("i3d_r50", family="pv_resnet", default_tag="kinetics400")
+def i3d_r50(**kw: Any) -> PVResNet:
+    """I3D-R50 8x8 (28.0M parameters); native clip 8x224x224; needs D >= 2."""
+    return PVResNet(pvh.i3d_r50, min_size=(2, 32, 32), **_drop_size(kw))
+
+
+@register_model("r2plus1d_r50", family="pv_resnet", default_tag="kinetics400")
+def r2plus1d_r50(**kw: Any) -> PVResNet:
+    """R(2+1)D-R50 16x4 (28.1M parameters) — the paper's R(2+1)D; native clip 16x224x224."""
+    return _build(pvh.r2plus1d_r50, **kw)
+
+
+@register_model("csn_r101", family="pv_resnet", default_tag="kinetics400")
+def csn_r101(**kw: Any) -> PVResNet:
+    """CSN-R101 32x2 (22.2M parameters) — the paper's CSN-R101; native clip 32x224x224."""
+    return _build(pvh.csn_r101, **kw)
+
+
+def _drop_size(kw: dict) -> dict:
+    kw.pop("num_slices", None)
+    kw.pop("image_size", None)
+    return kw

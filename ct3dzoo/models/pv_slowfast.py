@@ -1,0 +1,90 @@
+"""pytorchvideo's SlowFast-R50 and SlowFast-R101 8x8 (Feichtenhofer et al., ICCV 2019).
+
+SlowFast takes one volume: the fast pathway sees all D slices, the slow pathway the
+``torch.linspace(0, D - 1, D // alpha).long()`` slices (alpha = 4), as the paper's code does.
+D must be a multiple of alpha so the lateral connections line up. Stems
+``blocks.0.multipathway_blocks.{0,1}.conv`` (both folded). Upstream pools each pathway with a
+fixed ``AvgPool3d`` and concatenates; ct3dzoo averages globally (identical at the native
+32x224x224). Pre-logits: 2048 (slow) + 256 (fast) = 2304-d.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pytorchvideo.models import hub as pvh
+
+from .._model import CTModel, run_blocks
+from .._registry import register_model, register_pretrained
+from ..heads import MultiPathwayAvgPool
+from ._common import PV_MEAN, PV_STD, fold_stems
+from .pv_resnet import _SLOWFAST_CITE, pv_row
+
+ALPHA = 4
+_STEMS = ("blocks.0.multipathway_blocks.0.conv", "blocks.0.multipathway_blocks.1.conv")
+_ROWS = {
+    "slowfast_r50.kinetics400": pv_row(
+        "SLOWFAST_8x8_R50.pyth", frames=32, crop=224, head_block=6, citation=_SLOWFAST_CITE,
+        paper="https://arxiv.org/abs/1812.03982",
+        notes="Kinetics-400 top-1 76.94; 8x8 setting (slow 8 of 32 frames).",
+    ),
+    "slowfast_r101.kinetics400": pv_row(
+        "SLOWFAST_8x8_R101.pyth", frames=32, crop=224, head_block=6, citation=_SLOWFAST_CITE,
+        paper="https://arxiv.org/abs/1812.03982",
+        notes="Kinetics-400 top-1 77.90; 8x8 setting (slow 8 of 32 frames).",
+    ),
+}  # fmt: skip
+for _row in _ROWS.values():
+    _row["stem"] = _STEMS
+register_pretrained(_ROWS)
+
+
+def slow_indices(num_slices: int, alpha: int = ALPHA, device=None) -> torch.Tensor:
+    """The slices the slow pathway sees: ``linspace(0, D - 1, D // alpha).long()``."""
+    return torch.linspace(0, num_slices - 1, num_slices // alpha, device=device).long()
+
+
+class PVSlowFast(CTModel):
+    """pytorchvideo SlowFast adapted to CT: one volume in, two pathways inside."""
+
+    feature_format = "pathways"
+
+    def __init__(self, builder, *, in_chans: int, pretrained_cfg: dict, **kw: Any) -> None:
+        head_kw = {k: kw.pop(k) for k in ("num_classes", "head", "drop_rate")}
+        super().__init__(
+            in_chans=in_chans,
+            feature_dim=(2048, 256),
+            num_features=2304,
+            default_pool=MultiPathwayAvgPool(),
+            pretrained_cfg=pretrained_cfg,
+            stem_names=("backbone.blocks.0",),
+            min_size=(ALPHA, 32, 32),
+            size_divisor=(ALPHA, 1, 1),
+            **head_kw,
+        )
+        net = builder(pretrained=False, **kw)
+        del net.blocks[-1]  # dropout + proj
+        del net.blocks[-1]  # fixed-size PoolConcatPathway
+        fold_stems(net, _STEMS, in_chans=in_chans, mean=PV_MEAN, std=PV_STD)
+        self.backbone = net
+
+    def _forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        slow = x.index_select(2, slow_indices(x.shape[2], device=x.device))
+        return run_blocks(list(self.backbone.blocks), [slow, x], self.grad_checkpointing)
+
+
+def _build(builder, num_slices, image_size, **kw):
+    return PVSlowFast(builder, **kw)
+
+
+@register_model("slowfast_r50", family="pv_slowfast", default_tag="kinetics400")
+def slowfast_r50(**kw: Any) -> PVSlowFast:
+    """SlowFast-R50 8x8 (34.6M parameters) — the paper's SlowFast; native clip 32x224x224."""
+    return _build(pvh.slowfast_r50, **kw)
+
+
+@register_model("slowfast_r101", family="pv_slowfast", default_tag="kinetics400")
+def slowfast_r101(**kw: Any) -> PVSlowFast:
+    """SlowFast-R101 8x8 (62.9M parameters); native clip 32x224x224."""
+    return _build(pvh.slowfast_r101, **kw)

@@ -1,0 +1,105 @@
+"""torchvision's 3D ResNets: R3D-18, MC3-18 and R(2+1)D-18 (Tran et al., CVPR 2018).
+
+Stem ``stem.0`` (Conv3d, 3 -> 64 or 45), four residual stages, global average pool, ``fc``.
+Fully convolutional with adaptive pooling upstream, so any D, H, W >= 1 works.
+Pre-logits: the flattened global average of ``layer4`` (512-d).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision.models import video as tvv
+
+from .._model import CTModel, run_blocks
+from .._registry import register_model, register_pretrained
+from ..heads import AvgPool
+from ._common import TV_LICENSE, cfg_row, fold_stems
+
+_MEAN = (0.43216, 0.394666, 0.37645)
+_STD = (0.22803, 0.22145, 0.216989)
+_CITATION = (
+    "Tran, Wang, Torresani, Ray, LeCun, Paluri. A Closer Look at Spatiotemporal Convolutions "
+    "for Action Recognition. CVPR 2018."
+)
+
+
+def _row(url: str, acc1: float) -> dict[str, Any]:
+    return cfg_row(
+        url=url,
+        hash_prefix=url.rsplit("-", 1)[-1].split(".")[0],
+        file_format="torchvision",
+        mean=_MEAN,
+        std=_STD,
+        input_size=(3, 16, 112, 112),
+        stem=("stem.0",),
+        classifier=("fc",),
+        num_classes=400,
+        dataset="Kinetics-400",
+        source="torchvision",
+        license=TV_LICENSE,
+        citation=_CITATION,
+        paper="https://arxiv.org/abs/1711.11248",
+        notes=f"Kinetics-400 video acc@1 {acc1} (torchvision); clips 16x112x112 resized from 128x171.",
+    )
+
+
+register_pretrained(
+    {
+        "r3d_18.kinetics400": _row("https://download.pytorch.org/models/r3d_18-b3b3357e.pth", 63.2),
+        "mc3_18.kinetics400": _row(
+            "https://download.pytorch.org/models/mc3_18-a90a0ba3.pth", 63.96
+        ),
+        "r2plus1d_18.kinetics400": _row(
+            "https://download.pytorch.org/models/r2plus1d_18-91a641e6.pth", 67.463
+        ),
+    }
+)
+
+
+class TVResNet3d(CTModel):
+    """torchvision VideoResNet adapted to CT (see module docstring)."""
+
+    def __init__(self, builder, *, in_chans: int, pretrained_cfg: dict, **kw: Any) -> None:
+        super().__init__(
+            in_chans=in_chans,
+            feature_dim=512,
+            num_features=512,
+            default_pool=AvgPool(),
+            pretrained_cfg=pretrained_cfg,
+            stem_names=("backbone.stem",),
+            **{k: kw.pop(k) for k in ("num_classes", "head", "drop_rate")},
+        )
+        net = builder(weights=None, **kw)
+        del net.fc, net.avgpool
+        fold_stems(net, ["stem.0"], in_chans=in_chans, mean=_MEAN, std=_STD)
+        self.backbone = net
+
+    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        return run_blocks(
+            [b.stem, b.layer1, b.layer2, b.layer3, b.layer4], x, self.grad_checkpointing
+        )
+
+
+def _build(builder, num_slices, image_size, pretrained_cfg, **kw):
+    return TVResNet3d(builder, pretrained_cfg=pretrained_cfg, **kw)
+
+
+@register_model("r3d_18", family="tv_resnet3d", default_tag="kinetics400")
+def r3d_18(**kw: Any) -> TVResNet3d:
+    """R3D-18: 3D convolutions throughout (33.2M parameters)."""
+    return _build(tvv.r3d_18, **kw)
+
+
+@register_model("mc3_18", family="tv_resnet3d", default_tag="kinetics400")
+def mc3_18(**kw: Any) -> TVResNet3d:
+    """MC3-18: 3D convolutions in the early layers, 2D later (11.5M parameters)."""
+    return _build(tvv.mc3_18, **kw)
+
+
+@register_model("r2plus1d_18", family="tv_resnet3d", default_tag="kinetics400")
+def r2plus1d_18(**kw: Any) -> TVResNet3d:
+    """R(2+1)D-18: each 3D convolution factorised into spatial + temporal (31.5M parameters)."""
+    return _build(tvv.r2plus1d_18, **kw)

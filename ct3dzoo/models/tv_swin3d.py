@@ -1,0 +1,138 @@
+"""torchvision's Video Swin Transformer (Liu et al., CVPR 2022): swin3d_t/s/b.
+
+Stem ``patch_embed.proj`` (Conv3d 3 -> C, 2x4x4 patches). Upstream zero-pads the input to a
+multiple of the patch size *after* normalisation; :class:`FoldedPatchEmbed3d` reproduces
+that exactly (the padded voxels get no mean/std term). Windows shrink to the input, so any
+D, H, W works. Pre-logits: global average of the final normed tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import video as tvv
+
+from .._model import CTModel, run_blocks
+from .._registry import register_model, register_pretrained
+from ..adapt import FoldedStemConv
+from ..heads import AvgPool
+from ._common import TV_LICENSE, cfg_row
+
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+_CITATION = "Liu, Ning, Cao, Wei, Zhang, Lin, Hu. Video Swin Transformer. CVPR 2022."
+
+
+def _row(url: str, notes: str, dataset: str = "Kinetics-400") -> dict[str, Any]:
+    return cfg_row(
+        url=url,
+        hash_prefix=url.rsplit("-", 1)[-1].split(".")[0],
+        file_format="torchvision",
+        mean=_MEAN,
+        std=_STD,
+        input_size=(3, 32, 224, 224),
+        stem=("patch_embed.proj",),
+        classifier=("head",),
+        num_classes=400,
+        dataset=dataset,
+        source="torchvision",
+        license=TV_LICENSE,
+        citation=_CITATION,
+        paper="https://arxiv.org/abs/2106.13230",
+        notes=notes,
+    )
+
+
+register_pretrained(
+    {
+        "swin3d_t.kinetics400": _row(
+            "https://download.pytorch.org/models/swin3d_t-7615ae03.pth",
+            "Kinetics-400 acc@1 77.715 (torchvision); ImageNet-1k init.",
+        ),
+        "swin3d_s.kinetics400": _row(
+            "https://download.pytorch.org/models/swin3d_s-da41c237.pth",
+            "Kinetics-400 acc@1 79.521 (torchvision); ImageNet-1k init.",
+        ),
+        "swin3d_b.kinetics400": _row(
+            "https://download.pytorch.org/models/swin3d_b_1k-24f7c7c6.pth",
+            "Kinetics-400 acc@1 79.427 (torchvision); ImageNet-1k init.",
+        ),
+        "swin3d_b.kinetics400_imagenet22k": _row(
+            "https://download.pytorch.org/models/swin3d_b_22k-7c6ae6fa.pth",
+            "Kinetics-400 acc@1 81.643 (torchvision); ImageNet-22k init.",
+            dataset="Kinetics-400 (ImageNet-22k init)",
+        ),
+    }
+)
+
+
+class FoldedPatchEmbed3d(nn.Module):
+    """Swin's patch embedding with the normalisation folded into ``proj`` exactly."""
+
+    def __init__(self, upstream: nn.Module, *, in_chans: int) -> None:
+        super().__init__()
+        self.patch_size = tuple(upstream.tuple_patch_size)
+        self.proj = FoldedStemConv(upstream.proj, in_chans=in_chans, mean=_MEAN, std=_STD)
+        self.norm = upstream.norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dhw = tuple(x.shape[2:])
+        pad = [(p - s % p) % p for s, p in zip(dhw, self.patch_size)]
+        x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
+        x = self.proj(x, valid_shape=dhw).permute(0, 2, 3, 4, 1)
+        return x if self.norm is None else self.norm(x)
+
+
+class TVSwin3d(CTModel):
+    """torchvision SwinTransformer3d adapted to CT."""
+
+    def __init__(self, builder, *, in_chans: int, pretrained_cfg: dict, **kw: Any) -> None:
+        net = builder(
+            weights=None,
+            **{k: v for k, v in kw.items() if k not in ("num_classes", "head", "drop_rate")},
+        )
+        super().__init__(
+            in_chans=in_chans,
+            feature_dim=net.num_features,
+            num_features=net.num_features,
+            default_pool=AvgPool(),
+            pretrained_cfg=pretrained_cfg,
+            stem_names=("backbone.patch_embed",),
+            num_classes=kw["num_classes"],
+            head=kw["head"],
+            drop_rate=kw["drop_rate"],
+        )
+        del net.head, net.avgpool
+        net.patch_embed = FoldedPatchEmbed3d(net.patch_embed, in_chans=in_chans)
+        self.backbone = net
+
+    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        x = b.pos_drop(b.patch_embed(x))
+        x = run_blocks(list(b.features), x, self.grad_checkpointing)
+        return b.norm(x).permute(0, 4, 1, 2, 3)
+
+
+def _build(builder, num_slices, image_size, **kw):
+    return TVSwin3d(builder, **kw)
+
+
+@register_model("swin3d_t", family="tv_swin3d", default_tag="kinetics400")
+def swin3d_t(**kw: Any) -> TVSwin3d:
+    """Video Swin-T (28.2M parameters) — the paper's Swin-T; native clip 32x224x224."""
+    return _build(tvv.swin3d_t, **kw)
+
+
+@register_model("swin3d_s", family="tv_swin3d", default_tag="kinetics400")
+def swin3d_s(**kw: Any) -> TVSwin3d:
+    """Video Swin-S (49.8M parameters)."""
+    return _build(tvv.swin3d_s, **kw)
+
+
+@register_model("swin3d_b", family="tv_swin3d", default_tag="kinetics400")
+def swin3d_b(**kw: Any) -> TVSwin3d:
+    """Video Swin-B (88.0M parameters); tags kinetics400 (IN-1k init), kinetics400_imagenet22k."""
+    return _build(tvv.swin3d_b, **kw)
