@@ -1,0 +1,253 @@
+"""Tests of the synthetic chest-CT phantom (`ct3dzoo.data.synthetic`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ct3dzoo.data.synthetic import (
+    TISSUE_LABELS,
+    PhantomCase,
+    default_spacing,
+    make_chest_phantom,
+    make_phantom_dataset,
+    nifti_affine,
+)
+
+T = TISSUE_LABELS
+
+
+def _median(case: PhantomCase, name: str) -> float:
+    m = case.tissue == T[name]
+    assert m.any(), name
+    return float(np.median(case.hu[m]))
+
+
+@pytest.fixture(scope="module")
+def case0() -> PhantomCase:
+    return make_chest_phantom(seed=0, finding=False)
+
+
+def test_shape_dtype_spacing(case0: PhantomCase) -> None:
+    assert case0.hu.shape == (48, 128, 128) and case0.hu.dtype == np.float32
+    assert case0.tissue.shape == case0.hu.shape and case0.tissue.dtype == np.uint8
+    assert case0.spacing == (5.0, 2.8125, 2.8125) == default_spacing((48, 128, 128))
+    assert case0.hu.min() >= -1024 and case0.hu.max() <= 3071
+    assert np.array_equal(case0.hu, np.rint(case0.hu))  # integer HU like a scanner
+    assert case0.label == 0 and case0.finding is None and case0.seed == 0
+
+
+def test_deterministic_by_seed(case0: PhantomCase) -> None:
+    again = make_chest_phantom(seed=0, finding=False)
+    assert np.array_equal(case0.hu, again.hu) and np.array_equal(case0.tissue, again.tissue)
+    other = make_chest_phantom(seed=1, finding=False)
+    assert not np.array_equal(case0.hu, other.hu)
+    assert np.abs(case0.hu - other.hu).mean() > 10.0
+    a, b = make_chest_phantom(seed=7), make_chest_phantom(seed=7)  # random finding too
+    assert a.label == b.label and a.finding == b.finding and np.array_equal(a.hu, b.hu)
+
+
+@pytest.mark.parametrize("seed", [0, 3, 11])
+def test_tissue_hu_ranges(seed: int) -> None:
+    c = make_chest_phantom(seed=seed)
+    assert abs(_median(c, "air") + 1000) <= 15
+    assert abs(np.median(c.hu[:, :4, :4]) + 1000) <= 15  # a corner of the field of view
+    assert -950 <= _median(c, "lung") <= -750
+    assert 250 <= _median(c, "vessel") <= 350
+    assert -130 <= _median(c, "fat") <= -70
+    assert 20 <= _median(c, "soft") <= 70
+    bone = c.hu[c.tissue == T["bone"]]
+    assert np.median(bone) >= 400 and (bone >= 400).mean() > 0.9
+    # the noise is CT-like: 10..20 HU std in uniform air far from the body
+    assert 8 <= c.hu[:, :6, :6].std() <= 25
+
+
+def test_anatomy_varies_along_z(case0: PhantomCase) -> None:
+    lung = (case0.tissue == T["lung"]).sum(axis=(1, 2))
+    D = case0.shape[0]
+    # lungs taper toward the apex (top slices) and the heart sits in the lower half
+    assert lung[int(0.9 * D) :].mean() < 0.6 * lung[int(0.4 * D) : int(0.7 * D)].mean()
+    assert lung[-1] < lung.max() * 0.3
+    assert (case0.tissue == T["vessel"]).any(axis=(1, 2)).sum() > D // 2  # aorta runs along z
+    assert (case0.tissue == T["bone"]).any(axis=(1, 2)).all()  # spine/ribs on every slice
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nodule_present_iff_label(seed: int) -> None:
+    pos = make_chest_phantom(seed=seed, finding=True, finding_kind="nodule")
+    neg = make_chest_phantom(seed=seed, finding=False)
+    assert pos.label == 1 and pos.finding is not None and pos.finding.kind == "nodule"
+    assert neg.label == 0 and neg.finding is None and not (neg.tissue == T["finding"]).any()
+    f = pos.finding
+    assert 5.0 <= f.radius_mm <= 10.0 and 20.0 <= f.hu <= 60.0
+    # distance (mm) of every voxel from the nodule centre
+    idx = np.indices(pos.shape, dtype=np.float32)
+    dist = np.sqrt(sum(((idx[k] - f.centre[k]) * pos.spacing[k]) ** 2 for k in range(3)))
+    core = dist <= 0.5 * f.radius_mm + 1.0
+    shell = (dist >= f.radius_mm + 4.0) & (dist <= f.radius_mm + 9.0)
+    assert core.any() and (pos.tissue[core] == T["finding"]).all()
+    assert np.median(pos.hu[core]) > -150  # solid nodule ...
+    assert np.median(pos.hu[shell]) < -600  # ... surrounded by aerated lung
+    assert np.median(neg.hu[core]) < -600  # same spot in the negative twin is lung
+    # it spans more than one slice and is a small blob, not a slab
+    slices = np.unique(np.nonzero(pos.tissue == T["finding"])[0])
+    assert 2 <= slices.size <= 6
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_embolus_is_filling_defect(seed: int) -> None:
+    c = make_chest_phantom(seed=seed, finding=True, finding_kind="embolus")
+    assert c.label == 1 and c.finding is not None and c.finding.kind == "embolus"
+    m = c.tissue == T["finding"]
+    assert m.sum() >= 6
+    assert np.median(c.hu[m]) < 150 < 250 < _median(c, "vessel")
+    ctr = tuple(round(v) for v in c.finding.centre)
+    assert c.tissue[ctr] == T["finding"]
+
+
+def test_random_finding_mixes_labels() -> None:
+    labels = [make_chest_phantom(seed=s, shape=(16, 48, 48)).label for s in range(16)]
+    assert 0 < sum(labels) < 16
+
+
+def test_other_grids() -> None:
+    small = make_chest_phantom(seed=2, shape=(16, 64, 64), finding=True)
+    assert small.hu.shape == (16, 64, 64) and small.spacing == (15.0, 5.625, 5.625)
+    fine = make_chest_phantom(seed=2, shape=(24, 96, 96), spacing=(2.5, 0.7, 0.7))
+    assert fine.spacing == (2.5, 0.7, 0.7)
+    assert -950 <= _median(fine, "lung") <= -750
+    with pytest.raises(ValueError, match="finding_kind"):
+        make_chest_phantom(finding_kind="tumour")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="spacing"):
+        make_chest_phantom(spacing=(1.0, -1.0, 1.0))
+
+
+def test_fast() -> None:
+    make_chest_phantom(seed=0)
+    best = min(_timed(s) for s in range(3))
+    assert best < 0.5, f"{best:.3f} s per 48x128x128 case"
+
+
+def _timed(seed: int) -> float:
+    t = time.perf_counter()
+    make_chest_phantom(seed=seed, finding=True)
+    return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------------------- files
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("pydicom")
+    pytest.importorskip("nibabel")
+    out = tmp_path_factory.mktemp("phantoms")
+    return make_phantom_dataset(out, n=4, seed=5, shape=(20, 64, 64))
+
+
+def _cases(manifest: Path) -> list[dict]:
+    return json.loads((manifest.parent / "cases.json").read_text())
+
+
+def _regen(c: dict) -> PhantomCase:
+    return make_chest_phantom(shape=c["shape"], seed=c["seed"], finding=bool(c["label"]))
+
+
+def test_manifest_and_balance(dataset: Path) -> None:
+    assert dataset.name == "manifest.csv"
+    with open(dataset, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["path", "label", "group"]
+    assert [r["path"] for r in rows] == [f"dicom/case_{i:04d}" for i in range(4)]
+    assert sum(int(r["label"]) for r in rows) == 2
+    assert len({r["group"] for r in rows}) == 4
+    for fmt, suffix in (("dicom", ""), ("nifti", ".nii.gz")):
+        with open(dataset.parent / f"manifest_{fmt}.csv", newline="") as fh:
+            rf = list(csv.DictReader(fh))
+        assert [r["label"] for r in rf] == [r["label"] for r in rows]
+        for r in rf:
+            assert (dataset.parent / r["path"]).exists() and r["path"].endswith(suffix)
+    assert not list(dataset.parent.rglob(".tmp-*"))
+    cases = _cases(dataset)
+    assert [c["label"] for c in cases] == [int(r["label"]) for r in rows]
+    assert all((c["finding"] is None) == (c["label"] == 0) for c in cases)
+    big = make_phantom_dataset(
+        dataset.parent / "bal",
+        n=10,
+        seed=1,
+        shape=(8, 32, 32),
+        formats=("nifti",),
+        positive_fraction=0.3,
+    )
+    with open(big, newline="") as fh:
+        assert sum(int(r["label"]) for r in csv.DictReader(fh)) == 3
+
+
+def test_dataset_deterministic(dataset: Path, tmp_path: Path) -> None:
+    again = make_phantom_dataset(tmp_path, n=4, seed=5, shape=(20, 64, 64), formats=("nifti",))
+    assert _cases(again) == _cases(dataset)
+    assert again.read_text() == (dataset.parent / "manifest_nifti.csv").read_text()
+
+
+def test_dicom_roundtrip_pydicom(dataset: Path) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    case = _regen(_cases(dataset)[1])
+    files = sorted((dataset.parent / "dicom" / "case_0001").glob("*.dcm"))
+    assert len(files) == case.shape[0]
+    dss = [pydicom.dcmread(f) for f in files]
+    dss.sort(key=lambda d: float(d.ImagePositionPatient[2]))
+    z = np.array([float(d.ImagePositionPatient[2]) for d in dss])
+    assert np.allclose(np.diff(z), case.spacing[0])
+    assert len({d.SeriesInstanceUID for d in dss}) == 1
+    assert len({d.SOPInstanceUID for d in dss}) == len(dss)
+    for k, d in enumerate(dss):
+        assert d.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        assert d.SOPClassUID == pydicom.uid.CTImageStorage and d.Modality == "CT"
+        assert [float(v) for v in d.PixelSpacing] == list(case.spacing[1:])
+        assert float(d.SliceThickness) == case.spacing[0]
+        assert [float(v) for v in d.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+        assert d.PatientID.startswith("ct3dzoo-phantom-")
+        hu = d.pixel_array.astype(np.float32) * float(d.RescaleSlope) + float(d.RescaleIntercept)
+        assert np.abs(hu - case.hu[k]).max() <= 1.0
+    # craniocaudal numbering, like a scanner: instance 1 is the top slice
+    assert dss[-1].InstanceNumber == 1
+    other = pydicom.dcmread(next((dataset.parent / "dicom" / "case_0002").glob("*.dcm")))
+    assert other.SeriesInstanceUID != dss[0].SeriesInstanceUID
+
+
+def test_nifti_roundtrip_nibabel(dataset: Path) -> None:
+    nib = pytest.importorskip("nibabel")
+    case = _regen(_cases(dataset)[0])
+    img = nib.load(dataset.parent / "nifti" / "case_0000.nii.gz")
+    data = np.asarray(img.dataobj).transpose(2, 1, 0)
+    assert np.abs(data - case.hu).max() <= 1.0
+    assert np.allclose(img.header.get_zooms(), case.spacing[::-1])
+    assert np.allclose(img.affine, nifti_affine(case))
+    assert nib.aff2axcodes(img.affine) == ("L", "P", "S")  # third axis runs to superior
+
+
+def test_readers_roundtrip(dataset: Path) -> None:
+    data = pytest.importorskip("ct3dzoo.data", reason="ct3dzoo.data readers not available")
+    if not hasattr(data, "read_dicom_series") or not hasattr(data, "read_volume"):
+        pytest.skip("ct3dzoo.data.read_dicom_series/read_volume not available yet")
+    for c in _cases(dataset)[:2]:
+        case = _regen(c)
+        for vol in (
+            data.read_dicom_series(dataset.parent / "dicom" / c["case"]),
+            data.read_volume(dataset.parent / "nifti" / f"{c['case']}.nii.gz"),
+        ):
+            assert vol.hu.shape == case.shape
+            assert np.abs(vol.hu - case.hu).max() <= 1.0
+            assert np.allclose(vol.spacing, case.spacing)
+            assert np.allclose(vol.origin, case.origin, atol=1e-3)
+    if hasattr(data, "read_manifest"):
+        records, cols = data.read_manifest(dataset)
+        assert cols == ["label"] and [r["labels"] for r in records] == [
+            [float(c["label"])] for c in _cases(dataset)
+        ]
+        assert all(Path(r["path"]).is_dir() for r in records)
