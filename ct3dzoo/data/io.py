@@ -1,0 +1,104 @@
+"""`read_volume`: DICOM folders/files, NIfTI (``.nii``/``.nii.gz``) and ``.npy``/``.npz``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dicom import read_dicom_series
+from .volume import CTVolume, reorient_to_lps, split_affine
+
+__all__ = ["read_nifti", "read_volume"]
+
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def read_nifti(path: str | os.PathLike, *, reorient: bool = True) -> CTVolume:
+    """Read a NIfTI CT volume (nibabel, extra ``ct3dzoo[nifti]``).
+
+    The NIfTI affine (RAS) is converted to LPS and the array reoriented to the `CTVolume`
+    convention (D inferior -> superior, H anterior -> posterior, W right -> left), the
+    same as `read_dicom_series`. ``scl_slope``/``scl_inter`` are applied; values are
+    assumed to be HU.
+    """
+    try:
+        import nibabel as nib
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise ImportError("Reading NIfTI needs nibabel: pip install 'ct3dzoo[nifti]'") from e
+    img = nib.load(str(path))
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        data = np.asarray(img.get_fdata(dtype=np.float32))[..., 0]
+    elif len(shape) == 3:
+        data = img.get_fdata(dtype=np.float32)
+    else:
+        raise ValueError(
+            f"{path}: expected a 3-D NIfTI volume, got shape {shape}; split 4-D series first."
+        )
+    affine = _RAS_TO_LPS @ img.affine
+    if reorient:
+        data, affine = reorient_to_lps(data, affine)
+    spacing, origin, direction = split_affine(affine)
+    meta = {"source": str(path), "modality": "CT", "format": "nifti"}
+    return CTVolume(hu=data, spacing=spacing, origin=origin, direction=direction, meta=meta)
+
+
+def _read_numpy(path: Path, spacing: Sequence[float] | None) -> CTVolume:
+    meta: dict[str, Any] = {"source": str(path), "format": path.suffix.lstrip(".")}
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            key = next((k for k in ("hu", "image", "volume", "arr_0") if k in z), None)
+            if key is None:
+                raise ValueError(f"{path}: no 'hu' array inside (keys: {sorted(z.files)})")
+            kw: dict[str, Any] = {"hu": z[key]}
+            for k in ("origin", "direction"):
+                if k in z:
+                    kw[k] = z[k]
+            stored = z.get("spacing", None)
+    else:
+        kw = {"hu": np.load(path, mmap_mode="r")}
+        stored = None
+    sp = spacing if spacing is not None else stored
+    if sp is None:
+        raise ValueError(
+            f"{path} stores no voxel spacing; pass spacing=(z, y, x) in mm, or save an .npz "
+            "with a 'spacing' array (CTVolume.save_npz does)."
+        )
+    return CTVolume(spacing=tuple(float(s) for s in sp), meta=meta, **kw)
+
+
+def read_volume(
+    path: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    spacing: Sequence[float] | None = None,
+    series_uid: str | None = None,
+    strict: bool = False,
+) -> CTVolume:
+    """Read a CT volume from any supported source.
+
+    Args:
+        path: a DICOM folder, a DICOM file or list of files, ``.nii``/``.nii.gz``, or
+            ``.npy``/``.npz`` holding ``(D, H, W)`` HU in the `CTVolume` orientation.
+        spacing: ``(z, y, x)`` mm for ``.npy`` (required) or to override ``.npz``.
+        series_uid, strict: passed to `read_dicom_series`.
+
+    Returns:
+        `CTVolume` (float32 HU, D inferior -> superior).
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        return read_dicom_series(path, series_uid=series_uid, strict=strict)
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"No such file or folder: {p}")
+    name = p.name.lower()
+    if p.is_dir():
+        return read_dicom_series(p, series_uid=series_uid, strict=strict)
+    if name.endswith((".nii", ".nii.gz")):
+        return read_nifti(p)
+    if name.endswith((".npy", ".npz")):
+        return _read_numpy(p, spacing)
+    return read_dicom_series(p, series_uid=series_uid, strict=strict)

@@ -1,0 +1,97 @@
+"""HU windows: named presets, `apply_window` and `stack_windows` (numpy or torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+__all__ = ["WINDOWS", "WindowSpec", "apply_window", "resolve_window", "stack_windows"]
+
+#: Named windows as ``(centre, width)`` in HU.
+WINDOWS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinal": (40.0, 400.0),
+    "pe": (400.0, 1000.0),  # the paper's CTPA window: [-100, 900] HU
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+    "abdomen": (50.0, 400.0),
+    "liver": (30.0, 150.0),
+}
+
+WindowSpec = str | tuple[float, float]
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+def resolve_window(window: WindowSpec) -> tuple[float, float]:
+    """Preset name or ``(centre, width)`` -> ``(centre, width)`` in HU."""
+    if isinstance(window, str):
+        try:
+            return WINDOWS[window]
+        except KeyError:
+            raise KeyError(
+                f"Unknown window {window!r}; presets: {', '.join(WINDOWS)} "
+                "or pass (centre, width) in HU."
+            ) from None
+    c, w = window
+    if w <= 0:
+        raise ValueError(f"Window width must be > 0 HU, got {w}")
+    return float(c), float(w)
+
+
+def apply_window(hu: ArrayT, window: WindowSpec) -> ArrayT:
+    """Map HU to [0, 1]: ``clip((hu - (c - w/2)) / w, 0, 1)``.
+
+    Args:
+        hu: numpy array or torch tensor of any shape, in HU.
+        window: preset name (see `WINDOWS`) or ``(centre, width)`` in HU.
+
+    Returns:
+        Same type (and torch device) as ``hu``, float32 unless ``hu`` is float64/float16.
+    """
+    c, w = resolve_window(window)
+    lo = c - w / 2.0
+    if isinstance(hu, torch.Tensor):
+        x = hu if hu.is_floating_point() else hu.float()
+        return ((x - lo) * (1.0 / w)).clamp_(0.0, 1.0)
+    x = np.asarray(hu)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    out = (x - x.dtype.type(lo)) * x.dtype.type(1.0 / w)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def stack_windows(hu: ArrayT, windows: Sequence[WindowSpec] | WindowSpec, dim: int = 0) -> ArrayT:
+    """Apply several windows and stack them as channels.
+
+    Args:
+        hu: ``(D, H, W)`` (or any shape) in HU; for batched ``(B, 1, D, H, W)`` pass
+            ``dim=1`` after squeezing the channel, or use `transforms.Window`.
+        windows: list of presets / ``(centre, width)``; a single one gives one channel.
+        dim: where the channel axis goes.
+
+    Returns:
+        ``(len(windows), D, H, W)`` in [0, 1], same type/device as ``hu``.
+    """
+    if isinstance(windows, str) or (
+        isinstance(windows, tuple) and len(windows) == 2 and not isinstance(windows[0], str)
+    ):
+        windows = [windows]  # type: ignore[list-item]
+    cw = [resolve_window(w) for w in windows]  # type: ignore[union-attr]
+    lo = [c - w / 2.0 for c, w in cw]
+    inv = [1.0 / w for _, w in cw]
+    n = len(cw)
+    if isinstance(hu, torch.Tensor):
+        x = hu if hu.is_floating_point() else hu.float()
+        d = dim % (x.ndim + 1)
+        shape = [1] * (x.ndim + 1)
+        shape[d] = n
+        lo_t = torch.tensor(lo, dtype=x.dtype, device=x.device).view(shape)
+        inv_t = torch.tensor(inv, dtype=x.dtype, device=x.device).view(shape)
+        return ((x.unsqueeze(d) - lo_t) * inv_t).clamp_(0.0, 1.0)
+    x = np.asarray(hu)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    return np.stack([apply_window(x, w) for w in cw], axis=dim)
