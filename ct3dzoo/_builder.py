@@ -107,7 +107,8 @@ def load(
         num_slices, image_size: the input size for architectures with size-dependent
             parameters (MViT position embeddings, resampled from the native size).
         progress: show a download progress bar.
-        revision: Hub revision for ``hf-hub:`` names.
+        revision: Hub revision for ``hf-hub:`` names. For ``hf-hub:``/``local-dir:`` the saved
+            config is used; options given here that differ from the defaults override it.
         **arch_kwargs: passed to the upstream builder (e.g. ``stochastic_depth_prob``).
 
     Returns:
@@ -116,8 +117,13 @@ def load(
     if isinstance(arch, str) and arch.startswith(("hf-hub:", "local-dir:")):
         from . import _hub
 
-        overrides = dict(arch_kwargs)
-        return _hub.load_from_ref(arch, revision=revision, progress=progress, **overrides)
+        # arguments that differ from load()'s defaults override the saved config
+        given = {"num_classes": num_classes, "in_chans": in_chans, "head": head,
+                 "drop_rate": drop_rate, "num_slices": num_slices, "image_size": image_size}  # fmt: skip
+        overrides = {k: v for k, v in given.items() if not _is_default(k, v)}
+        return _hub.load_from_ref(
+            arch, revision=revision, progress=progress, **overrides, **arch_kwargs
+        )
 
     name, tag_in_name = split_name(arch)
     spec = get_arch(name)
@@ -166,6 +172,15 @@ def load(
     load_state_dict_into(model, sd, source=source)
     model.model_config["pretrain"] = source if not from_file else "file"
     return model
+
+
+_LOAD_DEFAULTS = {"num_classes": 1, "in_chans": 1, "head": "linear", "drop_rate": 0.0,
+                  "num_slices": None, "image_size": None}  # fmt: skip
+
+
+def _is_default(key: str, value: Any) -> bool:
+    default = _LOAD_DEFAULTS[key]
+    return value is default or (isinstance(value, (int, float, str)) and value == default)
 
 
 def _tags(arch: str) -> list[str]:

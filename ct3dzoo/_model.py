@@ -14,13 +14,22 @@ from .heads import AttentionPool, ClassifierHead, HeadSpec, create_fc
 __all__ = ["CTModel", "run_blocks"]
 
 
+def _call_on_list(block: nn.Module, *xs: torch.Tensor) -> Any:
+    return block(list(xs))  # a fresh list: multi-pathway blocks mutate theirs in place
+
+
 def run_blocks(blocks: Sequence[nn.Module], x: Any, enabled: bool) -> Any:
-    """Run ``blocks`` in order, recomputing each in the backward pass when ``enabled``."""
+    """Run ``blocks`` in order, recomputing each in the backward pass when ``enabled``.
+
+    ``x`` is a tensor or, for multi-pathway networks, a list of tensors.
+    """
     for block in blocks:
-        if enabled and torch.is_grad_enabled():
-            x = checkpoint(block, x, use_reentrant=False)
-        else:
+        if not (enabled and torch.is_grad_enabled()):
             x = block(x)
+        elif isinstance(x, (list, tuple)):
+            x = checkpoint(_call_on_list, block, *x, use_reentrant=False)
+        else:
+            x = checkpoint(block, x, use_reentrant=False)
     return x
 
 

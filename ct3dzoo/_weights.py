@@ -294,7 +294,7 @@ def _how_to_get(cfg: Mapping[str, Any]) -> str:
     """The manual route: where to download the file, where it goes, and the alternatives."""
     name = _name(cfg)
     paths = cache_paths(name)
-    filename = cfg.get("filename") or "the checkpoint file"
+    filename = cfg.get("filename") or cfg.get("file_name") or "the checkpoint file"
     where = cfg.get("url") or (
         cfg.get("url_info") or cfg.get("source") or cfg.get("notes") or "its publisher"
     )
