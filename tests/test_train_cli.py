@@ -1,0 +1,106 @@
+"""``ct3dzoo finetune`` over a CSV manifest: parser wiring, a run, errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_train_common import make_model
+
+from ct3dzoo.train import cli
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ct3dzoo")
+    cli.add_finetune_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def _manifest(tmp_path: Path, name: str, n: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    rows = ["path,group,pe"]
+    for i in range(n):
+        hu = rng.normal(40, 30, size=(8, 32, 32)).astype(np.float32)
+        label = (i // 2) % 2  # two windows per study, sharing its label
+        if label:
+            hu[3:5, 10:16, 10:16] += 600  # a bright (contrast-like) blob inside the PE window
+        path = tmp_path / f"{name}{i}.npz"
+        np.savez(path, hu=hu, spacing=np.array([2.0, 0.7, 0.7]))
+        rows.append(f"{path.name},{name}{i // 2},{label}")
+    csv = tmp_path / f"{name}.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    return csv
+
+
+def test_parser_defaults_and_func() -> None:
+    args = _parser().parse_args(["finetune", "t.csv", "--arch", "r3d_18", "--out", "o"])
+    assert args.func is cli.run_finetune
+    assert (args.epochs, args.lr, args.batch_size, args.precision) == (10, 1e-4, 2, "auto")
+    assert args.windows == ["pe"] and args.freeze == "none" and args.channels_last is None
+    args = _parser().parse_args(
+        ["finetune", "t.csv", "--arch", "a", "--out", "o", "--no-channels-last", "--resume",
+         "--windows", "lung", "pe", "--shape", "32", "224", "224", "--freeze", "backbone"]
+    )  # fmt: skip
+    assert args.channels_last is False and args.resume and args.shape == [32, 224, 224]
+
+
+def test_cli_finetunes_a_manifest(tmp_path: Path, monkeypatch, capsys) -> None:
+    train, val = _manifest(tmp_path, "t", 16, 0), _manifest(tmp_path, "v", 8, 1)
+    monkeypatch.setattr(cli, "_build_model", lambda args, num_classes: make_model(num_classes))
+    out = tmp_path / "run"
+    argv = ["finetune", str(train), "--val", str(val), "--arch", "tiny", "--out", str(out),
+            "--epochs", "2", "--lr", "1e-2", "--batch-size", "4", "--no-progress",
+            "--checkpoint-every", "2"]  # fmt: skip
+    args = _parser().parse_args(argv)
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs"] == 2 and summary["monitor"] == "val_study_auroc"
+    assert summary["best_checkpoint"] == str(out / "best")
+    assert (out / "log.jsonl").read_text().count("\n") == 2
+    # --resume on a finished run trains nothing more and reports the same
+    args = _parser().parse_args([*argv, "--resume"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out) == summary
+
+
+def test_cli_reports_errors(tmp_path: Path, monkeypatch, capsys) -> None:
+    train = _manifest(tmp_path, "t", 4, 0)
+    monkeypatch.setattr(cli, "_build_model", lambda args, num_classes: make_model(3))
+    args = _parser().parse_args(
+        ["finetune", str(train), "--arch", "tiny", "--out", str(tmp_path / "o"),
+         "--task", "multilabel"]
+    )  # fmt: skip
+    assert args.func(args) == 1
+    assert "num_classes=3" in capsys.readouterr().err
+    args = _parser().parse_args(
+        ["finetune", str(tmp_path / "missing.csv"), "--arch", "x", "--out", str(tmp_path)]
+    )
+    assert args.func(args) == 1
+    assert "missing.csv" in capsys.readouterr().err
+
+
+def test_cli_with_a_zoo_model(tmp_path: Path, capsys) -> None:
+    """End to end with a registered architecture (random init) at a tiny size."""
+    pytest.importorskip("pytorchvideo")
+    import ct3dzoo
+
+    if "x3d_xs" not in ct3dzoo.list_models():
+        pytest.skip("x3d_xs not registered")
+    train, val = _manifest(tmp_path, "t", 4, 0), _manifest(tmp_path, "v", 4, 1)
+    out = tmp_path / "x3d"
+    args = _parser().parse_args(
+        ["finetune", str(train), "--val", str(val), "--arch", "x3d_xs", "--pretrain", "none",
+         "--out", str(out), "--shape", "8", "32", "32", "--epochs", "1", "--batch-size", "2",
+         "--freeze", "stem", "--no-progress"]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs"] == 1 and np.isfinite(summary["last"]["train_loss"])
+    state = torch.load(out / "last" / "state.pt", weights_only=True)
+    assert state["epoch"] == 1
+    if (out / "final").exists():  # save_pretrained output
+        assert any((out / "final").iterdir())
