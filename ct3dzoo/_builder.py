@@ -127,6 +127,11 @@ def load(
 
     name, tag_in_name = split_name(arch)
     spec = get_arch(name)
+    if pretrain == "kinetics" and "kinetics" not in spec.pretrain_aliases:
+        raise ValueError(
+            f"{name} has no Kinetics weights: use pretrain={spec.pretrain_aliases[0]!r} "
+            f"(tags: {', '.join(_tags(name))}), a checkpoint path, or None for random init"
+        )
     from_file = pretrain is not None and _looks_like_path(pretrain)
     if from_file or pretrain is None:
         tag = tag_in_name
@@ -268,7 +273,8 @@ def _strict_load(
     model: CTModel, sd: dict[str, torch.Tensor], *, source: str, skip_head: bool
 ) -> None:
     own = model.state_dict()
-    expected = {k for k in own if not (skip_head and k.startswith("head."))}
+    fresh = tuple(model.fresh_prefixes) if skip_head else ()
+    expected = {k for k in own if not (fresh and k.startswith(fresh))}
     given = set(sd)
     missing = sorted(k for k in expected - given if not k.endswith("num_batches_tracked"))
     unexpected = sorted(k for k in given - set(own))
@@ -289,8 +295,7 @@ def _strict_load(
         raise ValueError("\n  ".join(parts))
     for k in expected - given:  # num_batches_tracked absent from old checkpoints
         sd[k] = own[k]
-    if skip_head:
-        for k in own:
-            if k.startswith("head.") and k not in sd:
-                sd[k] = own[k]
+    for k in own:  # modules the upstream does not have keep their fresh initialisation
+        if fresh and k.startswith(fresh) and k not in sd:
+            sd[k] = own[k]
     model.load_state_dict(sd, strict=True)

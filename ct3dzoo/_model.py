@@ -45,6 +45,8 @@ class CTModel(nn.Module):
     arch: str = ""
     #: prefix under which the upstream's own module tree lives (upstream key -> our key)
     upstream_prefix: str = "backbone."
+    #: state-dict prefixes of modules the upstream does not have (initialised fresh)
+    fresh_prefixes: tuple[str, ...] = ("head.",)
     #: feature layout returned by forward_features: "ncdhw", "nlc_cls" or "pathways"
     feature_format: str = "ncdhw"
 
@@ -76,7 +78,7 @@ class CTModel(nn.Module):
         self.size_divisor = tuple(size_divisor)
         self.stem_names = tuple(stem_names)
         self.grad_checkpointing = False
-        self._default_pool = default_pool
+        self._default_pool = (default_pool,)  # a tuple: not registered twice as a submodule
         self.pre_logits: nn.Module = nn.Identity()
         self.head = self._make_head(head, num_classes)
         self.model_config: dict[str, Any] = {}
@@ -89,7 +91,7 @@ class CTModel(nn.Module):
             )
             kind = "attention"
         else:
-            pool = self._default_pool
+            pool = self._default_pool[0]
             kind = head if isinstance(head, str) else "custom"
         fc = create_fc(head, self.num_features, num_classes)
         return ClassifierHead(pool, fc, self.drop_rate, kind=kind)

@@ -24,7 +24,7 @@ __all__ = [
 CFG_KEYS = (
     "arch", "tag", "url", "file_format", "filename", "hash_prefix", "sha256", "hf_hub_id",
     "mean", "std", "input_size", "stem", "classifier", "num_classes", "dataset", "source",
-    "license", "citation", "paper", "notes",
+    "license", "citation", "paper", "notes", "upstream_arch", "url_info",
 )  # fmt: skip
 
 

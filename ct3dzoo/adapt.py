@@ -30,13 +30,13 @@ __all__ = [
 ]
 
 
-def _triple(v: int | Sequence[int]) -> tuple[int, int, int]:
+def _ntuple(v: int | Sequence[int], n: int) -> tuple[int, ...]:
     if isinstance(v, int):
-        return (v, v, v)
+        return (v,) * n
     t = tuple(int(i) for i in v)
-    if len(t) != 3:
-        raise ValueError(f"expected 3 values, got {t}")
-    return t  # type: ignore[return-value]
+    if len(t) != n:
+        raise ValueError(f"expected {n} values, got {t}")
+    return t
 
 
 def _stats(
@@ -108,36 +108,38 @@ def _indicator(
 
 
 class FoldedStemConv(nn.Module):
-    """A stem ``Conv3d`` with the input normalisation folded in, exactly.
+    """A stem ``Conv3d`` (or ``Conv2d``) with the input normalisation folded in, exactly.
 
-    Input ``(B, in_chans, D, H, W)`` in [0, 1]; output equals the upstream RGB convolution on
-    the normalised, channel-repeated input, borders included. Parameters: ``weight``
-    ``(C_out, in_chans, kt, kh, kw)``, ``offset`` ``(C_out, 1, kt, kh, kw)`` (the kernel the
-    constant ``-mean/std`` field meets; trainable, so fine-tuning can move the border
-    response like the upstream's would) and ``bias`` (when the upstream conv has one).
+    Input ``(B, in_chans, D, H, W)`` (or ``(B, in_chans, H, W)``) in [0, 1]; output equals
+    the upstream RGB convolution on the normalised, channel-repeated input, borders
+    included. Parameters: ``weight`` ``(C_out, in_chans, *k)``, ``offset`` ``(C_out, 1, *k)``
+    (the kernel the constant ``-mean/std`` field meets; trainable, so fine-tuning can move
+    the border response like the upstream's would) and ``bias`` (when the upstream has one).
     """
 
     def __init__(
         self,
-        conv: nn.Conv3d,
+        conv: nn.Conv3d | nn.Conv2d,
         *,
         in_chans: int,
         mean: Sequence[float],
         std: Sequence[float],
     ) -> None:
         super().__init__()
-        if not isinstance(conv, nn.Conv3d):
-            raise TypeError(f"FoldedStemConv wraps an nn.Conv3d, got {type(conv).__name__}")
+        if not isinstance(conv, (nn.Conv3d, nn.Conv2d)):
+            raise TypeError(f"FoldedStemConv wraps nn.Conv3d/Conv2d, got {type(conv).__name__}")
         if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(
                 "only ungrouped, explicitly zero-padded stem convolutions can be folded"
             )
         self.in_chans = in_chans
         self.out_channels = conv.out_channels
-        self.kernel_size = _triple(conv.kernel_size)
-        self.stride = _triple(conv.stride)
-        self.padding = _triple(conv.padding)
-        self.dilation = _triple(conv.dilation)
+        n = 3 if isinstance(conv, nn.Conv3d) else 2
+        self.kernel_size = _ntuple(conv.kernel_size, n)
+        self.stride = _ntuple(conv.stride, n)
+        self.padding = _ntuple(conv.padding, n)
+        self.dilation = _ntuple(conv.dilation, n)
+        self._conv = F.conv3d if n == 3 else F.conv2d
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         self.weight = nn.Parameter(fold_stem_weight(conv.weight, mean, std, in_chans))
@@ -146,7 +148,7 @@ class FoldedStemConv(nn.Module):
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def load_upstream(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        """Set the parameters from an upstream RGB kernel ``(C_out, 3, kt, kh, kw)``."""
+        """Set the parameters from an upstream RGB kernel ``(C_out, 3, *k)``."""
         with torch.no_grad():
             self.weight.copy_(fold_stem_weight(weight, self.mean, self.std, self.in_chans))
             self.offset.copy_(offset_weight(weight, self.mean, self.std))
@@ -164,7 +166,7 @@ class FoldedStemConv(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | None = None,
     ) -> torch.Tensor:
-        """The data-independent output term ``(1, C_out, D', H', W')`` for an input grid.
+        """The data-independent output term ``(1, C_out, *out_grid)`` for an input grid.
 
         ``valid_shape``: the extent of real voxels when the caller has zero-padded the input
         at the far end (Swin's patch embedding); defaults to ``in_shape``.
@@ -179,12 +181,11 @@ class FoldedStemConv(nn.Module):
                 in_shape, valid, self.kernel_size, self.stride, self.padding, self.dilation
             )
         ]
-        o = off.to(device)[:, 0]  # (C, a, b, e)
-        o = torch.einsum("cabe,we->cabw", o, ind[2])
-        o = torch.einsum("cabw,hb->cahw", o, ind[1])
-        o = torch.einsum("cahw,ta->cthw", o, ind[0])
+        o = off.to(device)[:, 0]  # (C, *k)
+        for axis in range(len(ind) - 1, -1, -1):  # contract one kernel axis at a time
+            o = torch.tensordot(o, ind[axis], dims=([1 + axis], [1])).movedim(-1, 1 + axis)
         if self.bias is not None:
-            o = o + self.bias.to(device)[:, None, None, None]
+            o = o + self.bias.to(device).view(-1, *([1] * len(ind)))
         return o.unsqueeze(0).to(dtype)
 
     def _cached_bias_map(self, x: torch.Tensor, valid_shape) -> torch.Tensor:
@@ -211,8 +212,19 @@ class FoldedStemConv(nn.Module):
         return hit
 
     def forward(self, x: torch.Tensor, valid_shape: Sequence[int] | None = None) -> torch.Tensor:
-        y = F.conv3d(x, self.weight, None, self.stride, self.padding, self.dilation)
-        return y + self._cached_bias_map(x, valid_shape)
+        unpadded = not any(self.padding) and (
+            valid_shape is None or tuple(valid_shape) == tuple(x.shape[2:])
+        )
+        if unpadded:  # no kernel tap ever meets padding: the map is one constant per channel
+            const = self.offset.flatten(1).sum(1)
+            if self.bias is not None:
+                const = const + self.bias
+            return self._conv(x, self.weight, const.to(x.dtype), self.stride, 0, self.dilation)
+        y = self._conv(x, self.weight, None, self.stride, self.padding, self.dilation)
+        bias_map = self._cached_bias_map(x, valid_shape)
+        if y.requires_grad or bias_map.requires_grad:
+            return y + bias_map
+        return y.add_(bias_map)
 
     def extra_repr(self) -> str:
         return (

@@ -55,11 +55,11 @@ def test_torchvision_facts_match_torchvision():
         cfg = ct3dzoo.get_pretrained_cfg(full)
         if cfg["source"] != "torchvision":
             continue
-        urls = {w.url: w for w in get_model_weights(cfg["arch"])}
+        urls = {w.url: w for w in get_model_weights(cfg.get("upstream_arch") or cfg["arch"])}
         assert cfg["url"] in urls, full
         w = urls[cfg["url"]]
         tf = w.transforms()
-        assert tuple(cfg["mean"]) == pytest.approx(tuple(tf.mean), abs=1e-6)
+        assert tuple(cfg["mean"]) == pytest.approx(tuple(tf.mean), abs=1e-6), full
         assert tuple(cfg["std"]) == pytest.approx(tuple(tf.std), abs=1e-6)
         assert cfg["hash_prefix"] == cfg["url"].rsplit("-", 1)[1].split(".")[0]
         assert cfg["num_classes"] == len(w.meta["categories"])

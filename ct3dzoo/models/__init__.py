@@ -1,6 +1,8 @@
 """Model families. Importing this package registers every architecture."""
 
 from . import (  # noqa: F401
+    penet,
+    resnet2d,
     pv_mvit,
     pv_resnet,
     pv_slowfast,

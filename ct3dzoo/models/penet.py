@@ -300,3 +300,72 @@ class PENet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+# --------------------------------------------------------------------------- ct3dzoo model
+from .._model import CTModel, run_blocks  # noqa: E402
+from .._registry import register_model, register_pretrained  # noqa: E402
+from ..heads import AvgPool  # noqa: E402
+from ._common import fold_stems  # noqa: E402
+
+register_pretrained(
+    {
+        "penet.kinetics600": {
+            "url": None,
+            "url_info": PENET_CFG["source"],
+            "file_format": "penet",
+            "filename": PENET_CFG["file_name"],
+            "mean": PENET_CFG["mean"],
+            "std": PENET_CFG["std"],
+            "input_size": PENET_CFG["input_size"],
+            "stem": ("in_conv.0",),
+            "classifier": ("classifier.fc",),
+            "num_classes": 600,
+            "dataset": "Kinetics-600",
+            "source": "penet",
+            "license": PENET_CFG["license"],
+            "citation": PENET_CFG["citation"],
+            "paper": "https://doi.org/10.1038/s41746-020-0266-y",
+            "notes": (
+                "No stable download URL: get xnet_kin_90.pth.tar from the Stanford Box folder "
+                "linked in https://github.com/marshuang80/penet, then "
+                "`ct3dzoo fetch penet.kinetics600 --from xnet_kin_90.pth.tar` or "
+                "load('penet', pretrain='xnet_kin_90.pth.tar')."
+            ),
+        }
+    }
+)
+
+
+class PENetCT(CTModel):
+    """PENet adapted to CT: stem ``in_conv.0`` folded with the Kinetics-600 mean/std."""
+
+    def __init__(
+        self, *, in_chans: int, pretrained_cfg: dict, drop_path_rate: float = 0.5, **kw
+    ) -> None:
+        head_kw = {k: kw.pop(k) for k in ("num_classes", "head", "drop_rate")}
+        super().__init__(
+            in_chans=in_chans,
+            feature_dim=2048,
+            num_features=2048,
+            default_pool=AvgPool(),
+            pretrained_cfg=pretrained_cfg,
+            stem_names=("backbone.in_conv",),
+            **head_kw,
+        )
+        net = PENet(in_chans=3, num_classes=0, drop_path_rate=drop_path_rate, **kw)
+        del net.classifier
+        fold_stems(net, ["in_conv.0"], in_chans=in_chans, mean=_KINETICS_MEAN, std=_KINETICS_STD)
+        self.backbone = net
+
+    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        x = b.max_pool(b.in_conv(x))
+        blocks = [blk for stage in b.encoders for blk in stage.penet_blocks]
+        return run_blocks(blocks, x, self.grad_checkpointing)
+
+
+@register_model("penet", family="penet", default_tag="kinetics600")
+def penet(*, num_slices=None, image_size=None, **kw) -> PENetCT:
+    """PENet (Huang et al. 2020), Kinetics-600 weights; fine-tuned on 24x192x192 CTPA windows."""
+    return PENetCT(**kw)
