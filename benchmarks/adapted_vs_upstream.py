@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _upstream import build_upstream, native_input, save_upstream  # noqa: E402
+from _upstream import build_upstream, native_input, save_upstream
 
-import ct3dzoo  # noqa: E402
+import ct3dzoo
 
 
 def _median_time(fn, repeats: int, sync) -> float:
@@ -61,7 +61,7 @@ def bench(arch: str, repeats: int, device: str) -> dict:
 
                 m = getattr(pvh, arch)(pretrained=False)
             obj = torch.load(path, map_location="cpu", weights_only=True)
-            m.load_state_dict(obj["model_state"] if "model_state" in obj else obj)
+            m.load_state_dict(obj.get("model_state", obj))
             return m
 
         t_load_ours = _median_time(load_ours, max(1, repeats // 2), lambda: None)

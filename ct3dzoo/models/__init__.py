@@ -2,11 +2,11 @@
 
 from . import (  # noqa: F401
     penet,
-    resnet2d,
     pv_mvit,
     pv_resnet,
     pv_slowfast,
     pv_x3d,
+    resnet2d,
     tv_mvit,
     tv_resnet3d,
     tv_s3d,
