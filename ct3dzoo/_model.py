@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .heads import AttentionPool, ClassifierHead, HeadSpec, create_fc
 
-__all__ = ["CTModel", "run_blocks"]
+__all__ = ["CTModel", "run_blocks", "run_blocks_thw"]
 
 
 def _call_on_list(block: nn.Module, *xs: torch.Tensor) -> Any:
@@ -30,6 +30,19 @@ def run_blocks(blocks: Sequence[nn.Module], x: Any, enabled: bool) -> Any:
             x = checkpoint(_call_on_list, block, *x, use_reentrant=False)
         else:
             x = checkpoint(block, x, use_reentrant=False)
+    return x
+
+
+def run_blocks_thw(
+    blocks: Sequence[nn.Module], x: torch.Tensor, thw: Sequence[int], enabled: bool
+) -> torch.Tensor:
+    """Run MViT-style blocks ``(x, thw) -> (x, thw)``, optionally with checkpointing."""
+    thw = tuple(thw)
+    for block in blocks:
+        if enabled and torch.is_grad_enabled():
+            x, thw = checkpoint(block, x, thw, use_reentrant=False)
+        else:
+            x, thw = block(x, thw)
     return x
 
 

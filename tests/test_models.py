@@ -9,7 +9,7 @@ from torch import nn
 import ct3dzoo
 from ct3dzoo.models.pv_slowfast import slow_indices
 
-SMALL = (16, 64, 64)
+SMALL = (8, 64, 64)
 ALL = ct3dzoo.list_models()
 
 
@@ -91,13 +91,17 @@ def test_forward_backward_small(arch, in_chans, num_classes):
         assert conv.weight.shape[1] == in_chans
         assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
         assert conv.offset.grad is not None
-    feats = model.forward_features(x)
-    pre = model.forward_head(feats, pre_logits=True)
+    with torch.no_grad():
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
     assert pre.shape == (2, model.num_features)
 
 
-@pytest.mark.parametrize("arch", ["r3d_18", "swin3d_t", "mvit_v2_s", "slowfast_r50", "x3d_xs"])
-@pytest.mark.parametrize("head", ["linear", "mlp", "attention"])
+HEAD_CASES = [(a, h) for a in ("r3d_18", "swin3d_t") for h in ("linear", "mlp", "attention")] + [
+    (a, "attention") for a in ("mvit_v2_s", "slowfast_r50", "x3d_xs", "lrcn_resnet18")
+]  # every kind on a CNN and a transformer; attention on each special pooling
+
+
+@pytest.mark.parametrize("arch,head", HEAD_CASES)
 def test_head_kinds(arch, head):
     torch.manual_seed(0)
     model = small_model(arch, num_classes=3, head=head).eval()
@@ -110,7 +114,7 @@ def test_head_kinds(arch, head):
         assert isinstance(model.head.pool, ct3dzoo.heads.AttentionPool)
         # the pooled vector depends on every token's content (not a plain average)
         x2 = x.clone()
-        x2[:, :, :4] = 0
+        x2[:, :, :2] = 0
         assert not torch.allclose(model(x2), out)
     out.sum().backward()
     assert all(p.grad is not None for p in model.head.parameters())
@@ -217,3 +221,16 @@ def test_stem_modules_are_the_input_stems():
     assert len(stems) == 1
     folded = [m for s in stems for m in s.modules() if isinstance(m, ct3dzoo.adapt.FoldedStemConv)]
     assert len(folded) == 2  # slow and fast pathway stems
+
+
+@pytest.mark.parametrize("arch", ALL)
+def test_runs_at_its_declared_minimum_size(arch):
+    probe = ct3dzoo.load(arch, pretrain=None, num_classes=2)
+    d, h, w = probe.min_size
+    model = small_model(arch, num_classes=2, num_slices=d, image_size=(h, w)).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, d, h, w))
+    assert out.shape == (1, 2) and torch.isfinite(out).all()
+    if d > 1:
+        with pytest.raises(ValueError, match=f"at least D x H x W = {d}x{h}x{w}"):
+            model.check_input(torch.rand(1, 1, d - 1, h, w))

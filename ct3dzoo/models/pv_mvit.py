@@ -19,7 +19,7 @@ from pytorchvideo.models.hub.vision_transformers import (
 )
 from pytorchvideo.models.vision_transformers import create_multiscale_vision_transformers
 
-from .._model import CTModel
+from .._model import CTModel, run_blocks_thw
 from .._registry import register_model, register_pretrained
 from ..adapt import resample_pos_embed_1d, resample_pos_embed_2d
 from ..heads import ClsTokenPool
@@ -105,11 +105,7 @@ class PVMViT(CTModel):
         if b.pos_drop is not None:
             x = b.pos_drop(x)
         thw = b.cls_positional_encoding.patch_embed_shape
-        for block in b.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x, thw = torch.utils.checkpoint.checkpoint(block, x, thw, use_reentrant=False)
-            else:
-                x, thw = block(x, thw)
+        x = run_blocks_thw(b.blocks, x, thw, self.grad_checkpointing)
         return b.norm_embed(x)
 
 

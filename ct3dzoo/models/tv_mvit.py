@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.models import video as tvv
 from torchvision.models.video import mvit as tvmvit
 
-from .._model import CTModel
+from .._model import CTModel, run_blocks_thw
 from .._registry import register_model, register_pretrained
 from ..adapt import resample_pos_embed_1d, resample_pos_embed_2d
 from ..heads import ClsTokenPool
@@ -164,11 +164,7 @@ class TVMViT(CTModel):
         x = b.conv_proj(x).flatten(2).transpose(1, 2)
         x = b.pos_encoding(x)
         thw = (b.pos_encoding.temporal_size, *b.pos_encoding.spatial_size)
-        for block in b.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x, thw = torch.utils.checkpoint.checkpoint(block, x, thw, use_reentrant=False)
-            else:
-                x, thw = block(x, thw)
+        x = run_blocks_thw(b.blocks, x, thw, self.grad_checkpointing)
         return b.norm(x)
 
 

@@ -58,7 +58,7 @@ class TVS3D(CTModel):
             default_pool=TemporalPairAvgPool(),
             pretrained_cfg=pretrained_cfg,
             stem_names=("backbone.features.0",),
-            min_size=(1, 32, 32),
+            min_size=(5, 32, 32),  # its temporal max-pools need 5 frames
             **{k: kw.pop(k) for k in ("num_classes", "head", "drop_rate")},
         )
         net = tvv.s3d(weights=None, **kw)
@@ -72,5 +72,5 @@ class TVS3D(CTModel):
 
 @register_model("s3d", family="tv_s3d", default_tag="kinetics400")
 def s3d(*, num_slices=None, image_size=None, **kw: Any) -> TVS3D:
-    """S3D (8.3M parameters); native clip 128x224x224."""
+    """S3D (8.3M parameters); native clip 128x224x224; needs D >= 5."""
     return TVS3D(**kw)
