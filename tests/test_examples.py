@@ -1,0 +1,124 @@
+"""Every example runs at a tiny size on phantom data and writes what it promises."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from collections import defaultdict
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+import ct3dzoo
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TINY_SIZE = ["--size", "8", "32", "32"]
+
+
+def _example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_quickstart(tmp_path: Path) -> None:
+    assert (
+        _example("quickstart").main(
+            ["--out", str(tmp_path), "--tiny", "--no-pretrain", "--arch", "x3d_xs"]
+        )
+        == 0
+    )
+    assert (tmp_path / "story" / "dicom" / "case_0000").is_dir()
+    assert (tmp_path / "demo" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "demo" / "summary.json").is_file()
+
+
+def test_extract_features(tmp_path: Path) -> None:
+    mod = _example("extract_features")
+    # r3d_18: random x3d features are exactly 0 in eval mode (zero-init residual BNs)
+    args = ["--phantom", "4", *TINY_SIZE, "--no-pretrain", "--arch", "r3d_18"]
+    args += ["--out", str(tmp_path)]
+    assert mod.main(args) == 0
+    feats = np.load(tmp_path / "features.npy")
+    labels = np.load(tmp_path / "labels.npy")
+    num_features = ct3dzoo.load("r3d_18", pretrain=None, num_classes=0).num_features
+    assert feats.shape == (4, num_features) and feats.dtype == np.float32
+    assert np.isfinite(feats).all() and feats.std(axis=0).max() > 0
+    manifest = _rows(tmp_path / "phantom" / "manifest.csv")
+    assert labels.shape == (4, 1)
+    assert labels[:, 0].tolist() == [float(r["label"]) for r in manifest]
+    ids = (tmp_path / "ids.txt").read_text().split()
+    assert ids == [Path(r["path"]).name.split(".")[0] for r in manifest]
+
+
+def test_extract_features_without_weights_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CT3DZOO_OFFLINE", "1")
+    args = ["--phantom", "2", *TINY_SIZE, "--out", str(tmp_path)]
+    assert _example("extract_features").main(args) == 1
+    assert "--no-pretrain" in capsys.readouterr().out
+
+
+def test_finetune_dicom_folder(tmp_path: Path) -> None:
+    mod = _example("finetune_dicom_folder")
+    args = ["--phantom", "8", *TINY_SIZE, "--epochs", "1", "--no-pretrain", "--out", str(tmp_path)]
+    assert mod.main(args) == 0
+    preds = _rows(tmp_path / "val_predictions.csv")
+    assert len(preds) == 2  # 8 phantoms, one per group, val fraction 0.25
+    assert all(0.0 <= float(r["label"]) <= 1.0 for r in preds)
+    all_ids = {r["path"].split("/")[-1] for r in _rows(tmp_path / "phantom" / "manifest.csv")}
+    assert {r["id"] for r in preds} <= all_ids
+    assert (tmp_path / "model" / "config.json").is_file()
+    assert (tmp_path / "run" / "log.jsonl").read_text().count("\n") == 1
+
+
+def test_paper_protocol_study_score_is_max_over_windows(tmp_path: Path) -> None:
+    mod = _example("paper_protocol")
+    args = [
+        "--phantom", "6", "--phantom-shape", "24", "64", "64", "--num-slices", "8",
+        "--stride", "6", "--image-size", "32", "--epochs", "1", "--no-pretrain",
+        "--val-fraction", "0.5", "--out", str(tmp_path),
+    ]  # fmt: skip
+    assert mod.main(args) == 0
+    windows = _rows(tmp_path / "window_scores.csv")
+    studies = _rows(tmp_path / "study_scores.csv")
+    assert len(studies) == 3
+    per_study: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for w in windows:
+        per_study[w["study"]].append(w)
+    for s in studies:
+        ws = per_study[s["study"]]
+        # 24 slices, 8-slice windows every 6, the last one shifted to end at slice 24
+        assert [(int(w["start"]), int(w["stop"])) for w in ws] == [
+            (0, 8),
+            (6, 14),
+            (12, 20),
+            (16, 24),
+        ]
+        assert float(s["prob"]) == pytest.approx(max(float(w["prob"]) for w in ws), abs=1e-6)
+        assert int(s["label"]) == max(int(w["label"]) for w in ws)
+
+
+def test_paper_protocol_window_labels(tmp_path: Path) -> None:
+    mod = _example("paper_protocol")
+    hu = np.full((20, 16, 16), -800.0, dtype=np.float32)
+    labels = [0] * 20
+    labels[15] = 1
+    items = mod.windows_of_study(
+        hu, labels, study="s", cache=tmp_path, image_size=8, num_slices=8, stride=6
+    )
+    assert [(i["start"], i["stop"], i["label"]) for i in items] == [
+        (0, 8, 0), (6, 14, 0), (12, 20, 1),
+    ]  # fmt: skip
+    x = np.load(tmp_path / "s.npy")
+    assert x.shape == (20, 8, 8) and float(x.max()) == 0.0  # -800 HU is below the PE window
