@@ -5,7 +5,8 @@ For each arch at its native clip size:
   ``upstream(normalize(x.repeat(1, 3, 1, 1, 1)))`` (what a user of the upstream does);
 - load: ``ct3dzoo.load(arch, pretrain=file)`` over the bare upstream builder +
   ``torch.load(weights_only=True)`` + ``load_state_dict`` of the same file.
-Ratios < 1 mean ct3dzoo is faster. Goals: forward <= 1.0, load <= 1.2.
+Ratios < 1 mean ct3dzoo is faster (median of interleaved per-pair ratios, robust to load
+drifting on a shared machine). Goals: forward <= 1.0, load <= 1.2.
 
     python benchmarks/adapted_vs_upstream.py [--archs r3d_18 x3d_m ...] [--repeats 5]
 """
@@ -28,16 +29,20 @@ from _upstream import build_upstream, native_input, save_upstream
 import ct3dzoo
 
 
-def _median_time(fn, repeats: int, sync) -> float:
-    fn()  # warm-up (caches, allocator, bias map)
+def _paired_times(fa, fb, repeats: int, sync) -> tuple[float, float, float]:
+    """Interleaved a/b timings (so machine load hits both alike): median a, median b and the
+    median of the per-pair ratios a/b."""
+    fa(), fb()  # warm-up (caches, allocator, bias map)
     sync()
-    times = []
+    ta, tb = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, acc in ((fa, ta), (fb, tb)):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            acc.append(time.perf_counter() - t0)
+    ratio = statistics.median(a / b for a, b in zip(ta, tb))
+    return statistics.median(ta), statistics.median(tb), ratio
 
 
 def bench(arch: str, repeats: int, device: str) -> dict:
@@ -64,8 +69,9 @@ def bench(arch: str, repeats: int, device: str) -> dict:
             m.load_state_dict(obj.get("model_state", obj))
             return m
 
-        t_load_ours = _median_time(load_ours, max(1, repeats // 2), lambda: None)
-        t_load_up = _median_time(load_upstream, max(1, repeats // 2), lambda: None)
+        t_load_ours, t_load_up, r_load = _paired_times(
+            load_ours, load_upstream, max(1, repeats // 2), lambda: None
+        )
         model = load_ours().eval().to(device)
     upstream = upstream.to(device)
     x = native_input(arch).to(device)
@@ -80,8 +86,7 @@ def bench(arch: str, repeats: int, device: str) -> dict:
         return upstream(rgb)
 
     with torch.inference_mode():
-        t_ours = _median_time(lambda: model(x), repeats, sync)
-        t_up = _median_time(up_forward, repeats, sync)
+        t_ours, t_up, r_fwd = _paired_times(lambda: model(x), up_forward, repeats, sync)
     return {
         "arch": arch,
         "size": "x".join(map(str, cfg["input_size"][1:])),
@@ -89,6 +94,8 @@ def bench(arch: str, repeats: int, device: str) -> dict:
         "fwd_up": t_up,
         "load_ours": t_load_ours,
         "load_up": t_load_up,
+        "r_fwd": r_fwd,
+        "r_load": r_load,
     }
 
 
@@ -109,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     fwd, load = [], []
     for arch in args.archs:
         r = bench(arch, args.repeats, args.device)
-        fwd.append(r["fwd_ours"] / r["fwd_up"])
-        load.append(r["load_ours"] / r["load_up"])
+        fwd.append(r["r_fwd"])
+        load.append(r["r_load"])
         print(f"| {arch} | {r['size']} | {fwd[-1]:.3f} ({r['fwd_ours'] * 1e3:.0f} / "
               f"{r['fwd_up'] * 1e3:.0f} ms) | {load[-1]:.3f} ({r['load_ours'] * 1e3:.0f} / "
               f"{r['load_up'] * 1e3:.0f} ms) |", flush=True)  # fmt: skip
