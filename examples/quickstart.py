@@ -45,13 +45,14 @@ def story(out: Path, arch: str, size: tuple[int, int, int], pretrain: str | None
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("ct3dzoo-quickstart"))
-    p.add_argument("--arch", default=DEFAULTS["arch"])
+    p.add_argument("--arch", default=DEFAULTS["arch"], help="the demo's model")
+    p.add_argument("--story-arch", default="r3d_18", help="the video model of the ten lines")
     p.add_argument("--tiny", action="store_true", help="tiny sizes and one epoch (for tests)")
     p.add_argument("--no-pretrain", action="store_true", help="random weights")
     args = p.parse_args(argv)
     pretrain = None if args.no_pretrain else "kinetics"
     size = TINY["size"] if args.tiny else DEFAULTS["size"]
-    story(args.out / "story", args.arch, size, pretrain)
+    story(args.out / "story", args.story_arch, size, pretrain)
     summary = demo(
         out_dir=args.out / "demo", arch=args.arch, pretrain=pretrain, progress=not args.tiny,
         **(TINY if args.tiny else {}),

@@ -251,3 +251,18 @@ def test_readers_roundtrip(dataset: Path) -> None:
             [float(c["label"])] for c in _cases(dataset)
         ]
         assert all(Path(r["path"]).is_dir() for r in records)
+
+
+def test_lung_vessel_and_nodule_hu_knobs() -> None:
+    """The contrast knobs change only what they name; their defaults reproduce the phantom."""
+    base = make_chest_phantom(shape=(24, 64, 64), seed=5, finding=True)
+    same = make_chest_phantom(
+        shape=(24, 64, 64), seed=5, finding=True, lung_vessel_hu=750.0, nodule_hu=(20.0, 60.0)
+    )
+    assert np.array_equal(base.hu, same.hu)
+    smooth = make_chest_phantom(
+        shape=(24, 64, 64), seed=5, finding=True, lung_vessel_hu=300.0, nodule_hu=(100.0, 100.0)
+    )
+    lung = (base.tissue == T["lung"]) & (smooth.tissue == T["lung"])
+    assert np.percentile(smooth.hu[lung], 99) < np.percentile(base.hu[lung], 99) - 100
+    assert smooth.finding is not None and smooth.finding.hu == 100.0

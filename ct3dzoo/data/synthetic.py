@@ -229,6 +229,8 @@ def make_chest_phantom(
     nodule_radius_mm: tuple[float, float] = (5.0, 10.0),
     noise_hu: tuple[float, float] = (10.0, 20.0),
     table: bool = True,
+    lung_vessel_hu: float = 750.0,
+    nodule_hu: tuple[float, float] = (20.0, 60.0),
 ) -> PhantomCase:
     """Draw one synthetic contrast-enhanced chest CT in HU.
 
@@ -243,6 +245,11 @@ def make_chest_phantom(
         nodule_radius_mm: range of the nodule radius in mm (default 5..10 mm: 10..20 mm across).
         noise_hu: range of the standard deviation (HU) of the correlated CT noise.
         table: draw the patient table under the back.
+        lung_vessel_hu: peak attenuation (HU) of the small intrapulmonary vessels above the
+            parenchyma (default 750: their cores reach about -115 HU, close to a nodule in a
+            lung window). Lower values (e.g. 300) give a smoother, less vascular lung, in
+            which a nodule stands out more, as small vessels do at coarse resolution.
+        nodule_hu: range of the mean attenuation (HU) of a nodule (default 20..60, solid).
 
     Returns:
         A :class:`PhantomCase` (``hu`` is integer-valued float32, clipped to [-1024, 3071]).
@@ -342,7 +349,7 @@ def make_chest_phantom(
     n2 = _value_noise(rng, shape, (24.0 / sz, 9.0 / sy, 9.0 / sx))
     vessels = np.exp(-(n1 * n1 + n2 * n2) * np.float32(1.0 / (2 * 0.2**2)))
     fine = _value_noise(rng, shape, (6.0 / sz, 4.0 / sy, 4.0 / sx))
-    lung_hu = -865.0 + 20.0 * fine + 50.0 * ((y2 - ycc) / bc) + 750.0 * vessels
+    lung_hu = -865.0 + 20.0 * fine + 50.0 * ((y2 - ycc) / bc) + float(lung_vessel_hu) * vessels
     _paint(hu, tissue, f_lung, lung_hu, T["lung"])
     del n1, n2, vessels, fine, lung_hu
 
@@ -488,7 +495,9 @@ def make_chest_phantom(
     info: Finding | None = None
     if finding:
         if finding_kind == "nodule":
-            info = _add_nodule(rng, hu, tissue, spacing, origin_zyx, nodule_radius_mm, h3)
+            info = _add_nodule(
+                rng, hu, tissue, spacing, origin_zyx, nodule_radius_mm, h3, nodule_hu
+            )
         else:
             info = _add_embolus(rng, hu, tissue, spacing, origin_zyx, tubes, h3)
 
@@ -517,6 +526,7 @@ def _add_nodule(
     origin_zyx: np.ndarray,
     radius_mm: tuple[float, float],
     width: float,
+    hu_range: tuple[float, float] = (20.0, 60.0),
 ) -> Finding:
     """Place a solid spherical nodule fully inside a lung; returns its :class:`Finding`."""
     lung = tissue == TISSUE_LABELS["lung"]
@@ -525,7 +535,7 @@ def _add_nodule(
         raise ValueError("no lung in this field of view to place a nodule in")
     sp = np.asarray(spacing, dtype=np.float64)
     r = float(rng.uniform(*radius_mm))
-    val = float(rng.uniform(20.0, 60.0))
+    val = float(rng.uniform(*hu_range))
     for attempt in range(200):
         rr = r if attempt < 150 else max(2.0, r * 0.5)
         c_idx = np.array(
