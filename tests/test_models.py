@@ -111,7 +111,10 @@ def test_head_kinds(arch, head):
     expected = {"linear": nn.Linear, "mlp": ct3dzoo.heads.MLPHead, "attention": nn.Linear}
     assert isinstance(model.head.fc, expected[head])
     if head == "attention":
-        assert isinstance(model.head.pool, ct3dzoo.heads.AttentionPool)
+        pool = model.head.pool
+        if arch.startswith("lrcn"):  # LRCN attends over its BiGRU's per-slice outputs
+            pool = pool.reduce.attn
+        assert isinstance(pool, ct3dzoo.heads.AttentionPool)
         # the pooled vector depends on every token's content (not a plain average)
         x2 = x.clone()
         x2[:, :, :2] = 0
