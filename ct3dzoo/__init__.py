@@ -18,17 +18,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CTModel",
+    "FinetuneResult",
     "__version__",
     "create_model",
+    "finetune",
     "get_pretrained_cfg",
     "list_models",
     "list_pretrained",
     "load",
+    "predict",
 ]
+_LAZY_MODULES = ("data", "viz", "train")
 
 
 def __getattr__(name: str) -> Any:  # lazy: keep `import ct3dzoo` light
-    if name in ("data", "viz", "train"):
+    if name in _LAZY_MODULES:
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
@@ -37,3 +41,7 @@ def __getattr__(name: str) -> Any:  # lazy: keep `import ct3dzoo` light
 
         return getattr(train, name)
     raise AttributeError(f"module 'ct3dzoo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_LAZY_MODULES))

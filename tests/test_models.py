@@ -237,3 +237,12 @@ def test_runs_at_its_declared_minimum_size(arch):
     if d > 1:
         with pytest.raises(ValueError, match=f"at least D x H x W = {d}x{h}x{w}"):
             model.check_input(torch.rand(1, 1, d - 1, h, w))
+
+
+def test_public_api_names_resolve():
+    for name in ct3dzoo.__all__:
+        assert getattr(ct3dzoo, name) is not None, name
+    assert callable(ct3dzoo.finetune) and callable(ct3dzoo.predict)
+    assert ct3dzoo.data.WINDOWS["pe"] == (400.0, 1000.0)  # the paper's PE window
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ct3dzoo.nope  # noqa: B018
