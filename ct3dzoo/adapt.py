@@ -147,17 +147,6 @@ class FoldedStemConv(nn.Module):
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
         self._cache: dict[tuple, torch.Tensor] = {}
 
-    def load_upstream(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        """Set the parameters from an upstream RGB kernel ``(C_out, 3, *k)``."""
-        with torch.no_grad():
-            self.weight.copy_(fold_stem_weight(weight, self.mean, self.std, self.in_chans))
-            self.offset.copy_(offset_weight(weight, self.mean, self.std))
-            if self.bias is not None:
-                if bias is None:
-                    raise KeyError("the stem has a bias but the checkpoint has none")
-                self.bias.copy_(bias)
-        self._cache.clear()
-
     def bias_map(
         self,
         in_shape: Sequence[int],

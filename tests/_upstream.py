@@ -37,12 +37,20 @@ def native_input(arch: str, batch: int = 1, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 1, t, h, w, generator=g)
 
 
+def normalize_rgb(x: torch.Tensor, arch: str) -> torch.Tensor:
+    """``normalize(x, mean, std)`` with the arch's weights stats; 1 channel is repeated to 3."""
+    cfg = ct3dzoo.get_pretrained_cfg(arch)
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1, 1)
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1, 1)
+    return (x - mean) / std
+
+
 def upstream_pre_logits(model: nn.Module, arch: str, x: torch.Tensor) -> torch.Tensor:
     """Pre-logits of the upstream model on ``normalize(x.repeat(1, 3, ...), mean, std)``."""
     cfg = ct3dzoo.get_pretrained_cfg(arch)
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1, 1)
-    rgb = (x.repeat(1, 3, 1, 1, 1) - mean) / std
+    rgb = normalize_rgb(x, arch)
     inp = rgb
     if arch.startswith("slowfast"):
         idx = torch.linspace(0, x.shape[2] - 1, x.shape[2] // 4).long()

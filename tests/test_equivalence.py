@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _upstream import build_upstream, native_input, save_upstream, upstream_pre_logits
+from _upstream import (
+    build_upstream,
+    native_input,
+    normalize_rgb,
+    save_upstream,
+    upstream_pre_logits,
+)
 from torch import nn
 
 import ct3dzoo
@@ -49,13 +55,10 @@ def test_three_windows_are_the_colour_channels(tmp_path):
     upstream = build_upstream("r3d_18")
     path = tmp_path / "r3d.pth"
     save_upstream(upstream, "r3d_18", path)
-    cfg = ct3dzoo.get_pretrained_cfg("r3d_18")
     x3 = torch.rand(2, 3, 16, 112, 112, generator=torch.Generator().manual_seed(1))
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1, 1)
     upstream.fc = nn.Identity()
     with torch.no_grad():
-        ref = upstream((x3 - mean) / std)
+        ref = upstream(normalize_rgb(x3, "r3d_18"))
         out = ct3dzoo.load("r3d_18", pretrain=path, num_classes=0, in_chans=3).eval()(x3)
     assert rel_err(out, ref) < TOL
     # n = 6 windows: repeat + rescale by 3/6, exact when all six carry the same image
@@ -130,13 +133,10 @@ def test_swin_handles_sizes_not_divisible_by_its_patch(tmp_path):
     upstream = build_upstream("swin3d_t")
     path = tmp_path / "swin.pth"
     save_upstream(upstream, "swin3d_t", path)
-    cfg = ct3dzoo.get_pretrained_cfg("swin3d_t")
     x = torch.rand(1, 1, 9, 62, 70, generator=torch.Generator().manual_seed(0))
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1, 1)
     upstream.head = nn.Identity()
     with torch.no_grad():
-        ref = upstream((x.repeat(1, 3, 1, 1, 1) - mean) / std)
+        ref = upstream(normalize_rgb(x, "swin3d_t"))
         out = ct3dzoo.load("swin3d_t", pretrain=path, num_classes=0).eval()(x)
     assert rel_err(out, ref) < TOL
 
@@ -184,12 +184,8 @@ def test_source_classifier_kept_when_classes_match(tmp_path):
     model = ct3dzoo.load("r3d_18", pretrain=path, num_classes=400).eval()
     torch.testing.assert_close(model.head.fc.weight, up.fc.weight)
     x = native_input("r3d_18")
-    cfg = ct3dzoo.get_pretrained_cfg("r3d_18")
-    rgb = (x.repeat(1, 3, 1, 1, 1) - torch.tensor(cfg["mean"]).view(1, 3, 1, 1, 1)) / torch.tensor(
-        cfg["std"]
-    ).view(1, 3, 1, 1, 1)
     with torch.no_grad():
-        assert rel_err(model(x), up(rgb)) < TOL
+        assert rel_err(model(x), up(normalize_rgb(x, "r3d_18"))) < TOL
     fresh = ct3dzoo.load("r3d_18", pretrain=path, num_classes=2)
     assert fresh.head.fc.weight.shape == (2, 512)
 

@@ -9,12 +9,11 @@ from torch import nn
 
 from ..adapt import FoldedStemConv
 
-__all__ = ["KINETICS400", "cfg_row", "fold_stems", "replace_submodule"]
+__all__ = ["cfg_row", "fold_stems", "replace_submodule"]
 
 #: pytorchvideo's (and MViT's) Kinetics normalisation
 PV_MEAN = (0.45, 0.45, 0.45)
 PV_STD = (0.225, 0.225, 0.225)
-KINETICS400 = "Kinetics-400"
 PV_LICENSE = "Apache-2.0 (pytorchvideo model zoo); Kinetics-400 video terms apply"
 TV_LICENSE = "BSD-3-Clause (torchvision); Kinetics-400 video terms apply"
 
@@ -41,8 +40,11 @@ def fold_stems(
 
 
 def cfg_row(**kw: Any) -> dict[str, Any]:
-    """A pretrained cfg row; ``hash_prefix`` is derived from torchvision-style file names."""
+    """A pretrained cfg row: ``filename`` from the URL and, for torchvision files (named
+    ``name-<sha256 prefix>.pth``), the published ``hash_prefix``."""
     url = kw.get("url")
     if url:
         kw.setdefault("filename", url.rsplit("/", 1)[-1])
+        if kw.get("file_format") == "torchvision":
+            kw.setdefault("hash_prefix", kw["filename"].rsplit("-", 1)[-1].split(".")[0])
     return kw

@@ -119,7 +119,7 @@ class PVResNet(CTModel):
         return run_blocks(list(self.backbone.blocks), x, self.grad_checkpointing)
 
 
-def _build(builder, num_slices, image_size, **kw):
+def _build(builder, num_slices, image_size, **kw):  # sizes are free: pools are global
     return PVResNet(builder, **kw)
 
 
@@ -132,13 +132,13 @@ def slow_r50(**kw: Any) -> PVResNet:
 @register_model("c2d_r50", family="pv_resnet", default_tag="kinetics400")
 def c2d_r50(**kw: Any) -> PVResNet:
     """C2D-R50 8x8 (24.3M parameters); native clip 8x224x224; needs D >= 2."""
-    return PVResNet(pvh.c2d_r50, min_size=(2, 32, 32), **_drop_size(kw))
+    return _build(pvh.c2d_r50, min_size=(2, 32, 32), **kw)
 
 
 @register_model("i3d_r50", family="pv_resnet", default_tag="kinetics400")
 def i3d_r50(**kw: Any) -> PVResNet:
     """I3D-R50 8x8 (28.0M parameters); native clip 8x224x224; needs D >= 2."""
-    return PVResNet(pvh.i3d_r50, min_size=(2, 32, 32), **_drop_size(kw))
+    return _build(pvh.i3d_r50, min_size=(2, 32, 32), **kw)
 
 
 @register_model("r2plus1d_r50", family="pv_resnet", default_tag="kinetics400")
@@ -151,9 +151,3 @@ def r2plus1d_r50(**kw: Any) -> PVResNet:
 def csn_r101(**kw: Any) -> PVResNet:
     """CSN-R101 32x2 (22.2M parameters) — the paper's CSN-R101; native clip 32x224x224."""
     return _build(pvh.csn_r101, **kw)
-
-
-def _drop_size(kw: dict) -> dict:
-    kw.pop("num_slices", None)
-    kw.pop("image_size", None)
-    return kw

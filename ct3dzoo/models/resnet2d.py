@@ -51,7 +51,6 @@ def _rows() -> dict[str, dict[str, Any]]:
             for tag, (url, acc) in tags.items():
                 rows[f"{arch}.{tag}"] = cfg_row(
                     url=url,
-                    hash_prefix=url.rsplit("-", 1)[-1].split(".")[0],
                     file_format="torchvision",
                     upstream_arch=trunk,
                     mean=_MEAN,

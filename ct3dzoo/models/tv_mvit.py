@@ -30,7 +30,6 @@ _NATIVE = (16, 224, 224)
 def _row(url: str, citation: str, paper: str, acc1: float) -> dict[str, Any]:
     return cfg_row(
         url=url,
-        hash_prefix=url.rsplit("-", 1)[-1].split(".")[0],
         file_format="torchvision",
         mean=PV_MEAN,
         std=PV_STD,

@@ -28,7 +28,6 @@ _CITATION = (
 def _row(url: str, acc1: float) -> dict[str, Any]:
     return cfg_row(
         url=url,
-        hash_prefix=url.rsplit("-", 1)[-1].split(".")[0],
         file_format="torchvision",
         mean=_MEAN,
         std=_STD,

@@ -25,7 +25,6 @@ register_pretrained(
     {
         "s3d.kinetics400": cfg_row(
             url="https://download.pytorch.org/models/s3d-d76dad2f.pth",
-            hash_prefix="d76dad2f",
             file_format="torchvision",
             mean=_MEAN,
             std=_STD,

@@ -29,7 +29,6 @@ _CITATION = "Liu, Ning, Cao, Wei, Zhang, Lin, Hu. Video Swin Transformer. CVPR 2
 def _row(url: str, notes: str, dataset: str = "Kinetics-400") -> dict[str, Any]:
     return cfg_row(
         url=url,
-        hash_prefix=url.rsplit("-", 1)[-1].split(".")[0],
         file_format="torchvision",
         mean=_MEAN,
         std=_STD,
