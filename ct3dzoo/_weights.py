@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from .errors import HashMismatchError, UnsafeCheckpointError, WeightsUnavailableError
+
 __all__ = [
     "CachePaths",
     "HashMismatchError",
@@ -50,10 +52,6 @@ __all__ = [
 
 #: containers upstream checkpoints put their state dict in
 _WRAPPER_KEYS = ("model_state", "state_dict", "model", "module")
-
-
-class UnsafeCheckpointError(RuntimeError):
-    """The file needs full unpickling (arbitrary code) to load; ct3dzoo refuses it."""
 
 
 def unwrap_state_dict(obj: Any, *, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -120,14 +118,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 _TRUE = frozenset({"1", "true", "yes", "on", "y"})
 _CHUNK = 1 << 20
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be obtained (offline, no network, no direct URL)."""
-
-
-class HashMismatchError(RuntimeError):
-    """A downloaded or given file does not have the expected sha256."""
 
 
 @dataclass(frozen=True)

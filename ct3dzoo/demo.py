@@ -71,7 +71,7 @@ def _load_model(
     import torch
 
     import ct3dzoo
-    from ct3dzoo._weights import WeightsUnavailableError
+    from ct3dzoo.errors import WeightsUnavailableError
 
     if pretrain == "kinetics":
         from ct3dzoo._registry import get_arch

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 import ct3dzoo
-from ct3dzoo._weights import WeightsUnavailableError
 from ct3dzoo.data import CTDataset
+from ct3dzoo.errors import WeightsUnavailableError
 
 
 def extract(

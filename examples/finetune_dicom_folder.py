@@ -24,8 +24,8 @@ from pathlib import Path
 from torch.utils.data import Subset
 
 import ct3dzoo
-from ct3dzoo._weights import WeightsUnavailableError
 from ct3dzoo.data import CTDataset
+from ct3dzoo.errors import WeightsUnavailableError
 
 
 def split_by_group(

@@ -32,9 +32,9 @@ import torch
 from torch.utils.data import Dataset
 
 import ct3dzoo
-from ct3dzoo._weights import WeightsUnavailableError
 from ct3dzoo.data import apply_window, read_dicom_series, read_volume, resample
 from ct3dzoo.data.geometry import slice_window_bounds
+from ct3dzoo.errors import WeightsUnavailableError
 
 PE_WINDOW = (400.0, 1000.0)  # [-100, 900] HU
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 import ct3dzoo
-from ct3dzoo._weights import WeightsUnavailableError
 from ct3dzoo.data import apply_window, read_volume, resample
 from ct3dzoo.data.synthetic import make_phantom_dataset
 from ct3dzoo.demo import DEFAULTS, demo
+from ct3dzoo.errors import WeightsUnavailableError
 
 TINY = {"n_cases": 12, "n_val": 4, "epochs": 1, "size": (8, 32, 32), "phantom_shape": (16, 64, 64)}
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DicomSeriesError, NonUniformSpacingWarning
 from .volume import CTVolume, reorient_to_lps, split_affine
 
 __all__ = ["DicomSeriesError", "NonUniformSpacingWarning", "read_dicom_series"]
@@ -28,14 +29,6 @@ _SECONDARY_CAPTURE = (
     "1.2.840.10008.5.1.4.1.1.7.4",
 )
 _DICOM_EXTRA = "pip install 'ct3dzoo[dicom]'"
-
-
-class DicomSeriesError(ValueError):
-    """The files do not form one readable CT series (message says why and what to do)."""
-
-
-class NonUniformSpacingWarning(UserWarning):
-    """Slice positions are not equally spaced (missing slices or variable spacing)."""
 
 
 def _pydicom() -> Any:
