@@ -14,7 +14,8 @@ from test_train_common import SHAPE, BlobData, make_model
 from torchmetrics.functional.classification import binary_auroc
 
 from ct3dzoo.train import finetune, load_checkpoint, predict
-from ct3dzoo.train.loop import TIMING_KEYS, _param_groups
+from ct3dzoo.train.loop import TIMING_KEYS
+from ct3dzoo.train.optim import param_groups
 
 FAST = dict(progress=False, warmup_epochs=0.5)
 
@@ -135,7 +136,7 @@ def test_freeze_modes_and_backbone_lr_scale(tmp_path: Path) -> None:
     changed, _ = run()
     assert all(changed.values())
 
-    groups = _param_groups(make_model(), lr=1.0, backbone_lr_scale=0.1, weight_decay=0.05)
+    groups = param_groups(make_model(), lr=1.0, backbone_lr_scale=0.1, weight_decay=0.05)
     by = {(g["lr"], g["weight_decay"]): sum(p.numel() for p in g["params"]) for g in groups}
     assert by == {(0.1, 0.0): 16, (0.1, 0.05): 8 * 27 + 8 * 8 * 27, (1.0, 0.0): 1, (1.0, 0.05): 8}
 

@@ -5,12 +5,14 @@ resumable atomic checkpoints, early stopping on validation AUROC and ``torchrun`
 parallelism.
 """
 
+from .api import FinetuneResult, finetune
 from .checkpoint import load_checkpoint
+from .config import FinetuneConfig
 from .inference import predict
-from .loop import FinetuneResult, finetune
 from .metrics import aggregate_by_group, classification_metrics
 
 __all__ = [
+    "FinetuneConfig",
     "FinetuneResult",
     "aggregate_by_group",
     "classification_metrics",
