@@ -167,6 +167,18 @@ def test_two_class_validation_gives_no_warning(tmp_path: Path) -> None:
     assert r.monitor == "val_study_auroc" and r.monitor_note is None
 
 
+def test_resume_of_an_early_stopped_run_with_more_epochs_warns(tmp_path: Path) -> None:
+    kw = dict(lr=0.0, batch_size=8, patience=1, out_dir=tmp_path, progress=False)
+    first = finetune(make_model(), BlobData(16), BlobData(8, seed=1), epochs=4, **kw)
+    assert first.stopped_early and len(first.history) == 2  # no improvement at lr=0
+    with pytest.warns(UserWarning, match="stopped early at epoch 2") as rec:
+        again = finetune(
+            make_model(), BlobData(16), BlobData(8, seed=1), epochs=6, resume=True, **kw
+        )
+    assert "does not train it further" in str(rec[0].message)
+    assert again.history == first.history and again.stopped_early
+
+
 def test_lr_has_a_documented_default() -> None:
     cfg = FinetuneConfig(out_dir="x")
     assert cfg.lr == 1e-4

@@ -82,6 +82,34 @@ def test_resume_of_finished_run_trains_no_more(trained) -> None:
     assert again.history == result.history and again.best_epoch == result.best_epoch
 
 
+def test_resume_with_more_epochs_trains_on_along_the_rebuilt_schedule(tmp_path: Path) -> None:
+    data, val = BlobData(16, seed=0), BlobData(8, seed=1)
+    kw = dict(lr=1e-2, batch_size=4, weight_decay=0.0, warmup_epochs=0.5, progress=False)
+    short = finetune(make_model(), data, val, epochs=2, out_dir=tmp_path / "run", **kw)
+    w_short = load_file(tmp_path / "run" / "last" / "model.safetensors")
+    longer = finetune(
+        make_model(seed=5), data, val, epochs=4, out_dir=tmp_path / "run", resume=True, **kw
+    )
+    assert longer.resumed_from == {"epoch": 2, "batch": 0}
+    assert longer.history[:2] == short.history  # epochs 1..2 are the original run's
+    assert [(h["epoch"], h["step"]) for h in longer.history] == [(1, 4), (2, 8), (3, 12), (4, 16)]
+    # the cosine schedule is rebuilt for 4 epochs (16 steps, 2 warm-up) and continues from
+    # step 8: the rate a run planned for 4 epochs has there, not the finished run's 0
+    assert short.history[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    expected = 1e-2 * 0.5 * (1 + math.cos(math.pi * (12 - 2) / (16 - 2)))
+    assert longer.history[2]["lr"] == pytest.approx(expected)
+    assert longer.history[3]["lr"] == pytest.approx(0.0, abs=1e-12)
+    planned = finetune(make_model(), data, val, epochs=4, out_dir=tmp_path / "planned", **kw)
+    assert [h["lr"] for h in longer.history[2:]] == pytest.approx(
+        [h["lr"] for h in planned.history[2:]]
+    )
+    w_long = load_file(tmp_path / "run" / "last" / "model.safetensors")
+    assert any(not torch.equal(w_short[k], w_long[k]) for k in w_short)  # it trained
+    state = torch.load(tmp_path / "run" / "last" / "state.pt", weights_only=True)
+    assert state["epoch"] == 4 and state["done"] is True and state["config"]["epochs"] == 4
+    assert math.isfinite(longer.history[3]["train_loss"])
+
+
 def test_predict_study_aggregation_is_max_over_windows(trained) -> None:
     model, _, _ = trained
     data = BlobData(12, seed=3, windows_per_study=3)
