@@ -156,3 +156,23 @@ def test_docs_table_defaults_match_finetune_config() -> None:
                 assert ast.literal_eval(value) == defaults[name], (name, value)
                 checked += 1
     assert checked >= 8
+
+
+def test_cli_parser_imports_neither_the_loop_nor_torchmetrics() -> None:
+    """``ct3dzoo finetune``'s parser needs only the config: building it stays cheap."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, argparse, ct3dzoo.train.cli as c\n"
+        "p = argparse.ArgumentParser(); c.add_finetune_parser(p.add_subparsers())\n"
+        "print(sorted(m for m in ('torchmetrics', 'ct3dzoo.train.loop', 'ct3dzoo.train.api')"
+        " if m in sys.modules))\n"
+        "from ct3dzoo.train import finetune, FinetuneConfig, predict, load_checkpoint\n"
+        "print(finetune.__module__, FinetuneConfig.__module__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[0] == "[]"
+    assert out[1] == "ct3dzoo.train.api ct3dzoo.train.config"
