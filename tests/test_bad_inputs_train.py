@@ -184,3 +184,26 @@ def test_lr_has_a_documented_default() -> None:
     assert cfg.lr == 1e-4
     assert "1e-4" in (FinetuneConfig.__doc__ or "") and "AdamW" in (FinetuneConfig.__doc__ or "")
     assert "``lr`` (default ``0.0001``)" in (finetune.__doc__ or "")
+
+
+def test_one_class_check_reads_ctdataset_labels_without_loading_volumes(tmp_path: Path) -> None:
+    """The start-up label check is free for a CTDataset, also inside a Subset (the demo's)."""
+    import numpy as np
+    from torch.utils.data import Subset
+
+    from ct3dzoo.data import CTDataset
+    from ct3dzoo.train.batches import all_labels
+
+    rows = ["path,pe"]
+    for i in range(4):
+        np.save(tmp_path / f"v{i}.npy", np.zeros((4, 8, 8), np.float32))
+        rows.append(f"v{i}.npy,{i % 2}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+
+    class NoLoading(CTDataset):
+        def __getitem__(self, index):
+            raise AssertionError("a volume was loaded")
+
+    data = NoLoading(tmp_path / "m.csv", windows="pe")
+    assert all_labels(data).flatten().tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert all_labels(Subset(data, [2, 1])).flatten().tolist() == [0.0, 1.0]

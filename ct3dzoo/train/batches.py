@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, Subset
 
 from .metrics import Task
 
@@ -201,10 +201,12 @@ def unpack(collated: Any) -> Batch:
 
 
 def item_label(dataset: Any, index: int) -> torch.Tensor:
-    """The label of one item (from a ``CTDataset``'s manifest without decoding, else by
-    loading the item)."""
+    """The label of one item (from a ``CTDataset``'s manifest without decoding, also through
+    ``torch.utils.data.Subset``; else by loading the item)."""
     from ..data import CTDataset
 
+    if isinstance(dataset, Subset):
+        return item_label(dataset.dataset, int(dataset.indices[index]))
     if isinstance(dataset, CTDataset):
         return torch.tensor(dataset.records[index]["labels"], dtype=torch.float32)
     _, label, _ = _split_item(dataset[index])

@@ -11,7 +11,7 @@ import sys
 from dataclasses import MISSING, Field
 from typing import Any
 
-from .config import DATA, config_fields
+from .config import DATA, OPTIM, RUN, config_fields
 
 __all__ = ["add_finetune_parser", "run_finetune"]
 
@@ -53,11 +53,9 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--spacing", nargs=3, type=float, metavar=("Z", "Y", "X"), help="in mm")
     g.add_argument("--cache-dir", help="cache of preprocessed volumes")
     g.add_argument("--label-columns", nargs="+", help="label columns (default: all others)")
-    groups = {DATA: g}
+    groups = {DATA: g, OPTIM: p.add_argument_group(OPTIM), RUN: p.add_argument_group(RUN)}
     for f in config_fields():
         if f.metadata["cli"]:
-            if f.metadata["group"] not in groups:
-                groups[f.metadata["group"]] = p.add_argument_group(f.metadata["group"])
             _add_option(groups[f.metadata["group"]], f)
     p.set_defaults(func=run_finetune)
     return p

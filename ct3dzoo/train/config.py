@@ -1,6 +1,6 @@
 """``FinetuneConfig``: every :func:`ct3dzoo.finetune` option, its default and its help, once.
 
-:func:`~ct3dzoo.train.loop.finetune` builds one from its keyword options
+:func:`~ct3dzoo.train.api.finetune` builds one from its keyword options
 (:meth:`FinetuneConfig.from_options`: an unknown option is an error naming the nearest valid
 one), ``ct3dzoo finetune`` derives its flags from the fields (name, default, help, group),
 and the checkpoint stores the fields marked ``reproduce`` to warn when a resumed run changes
