@@ -281,3 +281,14 @@ def test_fp16_uses_grad_scaler_and_saves_its_state(tmp_path: Path) -> None:
     assert math.isfinite(r.history[0]["train_loss"])
     scaler = torch.load(tmp_path / "last" / "state.pt", weights_only=True)["scaler"]
     assert scaler["scale"] > 0 and scaler["_growth_tracker"] == 2  # two unskipped steps
+
+
+def test_config_object_with_keyword_overrides(tmp_path: Path) -> None:
+    from ct3dzoo.train import FinetuneConfig
+
+    cfg = FinetuneConfig(out_dir=tmp_path / "a", epochs=1, lr=0.5, batch_size=8, progress=False)
+    data = BlobData(16, seed=0)
+    r = finetune(make_model(), data, config=cfg, warmup_epochs=0.0, min_lr_ratio=0.5)
+    assert r.out_dir == tmp_path / "a" and len(r.history) == 1
+    assert r.history[0]["lr"] == pytest.approx(0.5 * 0.5)  # the end of the cosine: lr * ratio
+    assert cfg.warmup_epochs == 1.0  # the config object itself is unchanged (frozen)
