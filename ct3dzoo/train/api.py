@@ -7,6 +7,7 @@ The options are the fields of :class:`~ct3dzoo.train.config.FinetuneConfig`; the
 from __future__ import annotations
 
 import inspect
+import textwrap
 import warnings
 from dataclasses import MISSING, fields
 from typing import Any
@@ -81,7 +82,9 @@ def finetune(
     return trainer.run()
 
 
-finetune.__doc__ = (finetune.__doc__ or "") + options_doc()
+finetune.__doc__ = (
+    (finetune.__doc__ or "").rstrip(" ") + textwrap.indent(options_doc(), "    ") + "\n"
+)
 finetune.__signature__ = inspect.signature(
     finetune
 ).replace(  # type: ignore[attr-defined]
