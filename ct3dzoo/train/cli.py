@@ -11,6 +11,7 @@ import sys
 from dataclasses import MISSING, Field
 from typing import Any
 
+from .._specs import ModelOptions
 from .config import DATA, OPTIM, RUN, config_fields
 
 __all__ = ["add_finetune_parser", "run_finetune"]
@@ -45,8 +46,8 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="'kinetics', a tag, a checkpoint path, or 'none' for random init",
     )
     p.add_argument("--num-classes", type=int, help="model outputs (default: label columns)")
-    p.add_argument("--head", default="linear", help="linear, mlp or attention")
-    p.add_argument("--drop-rate", type=float, default=0.0)
+    p.add_argument("--head", **ModelOptions.cli_kwargs("head"))
+    p.add_argument("--drop-rate", **ModelOptions.cli_kwargs("drop_rate"))
     g = p.add_argument_group("data")
     g.add_argument("--windows", nargs="+", default=["pe"], help="HU window preset(s): channels")
     g.add_argument("--shape", nargs=3, type=int, metavar=("D", "H", "W"), help="resample to")
