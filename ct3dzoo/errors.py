@@ -11,9 +11,11 @@ __all__ = [
     "CT3DZooError",
     "CheckpointMismatchError",
     "DicomSeriesError",
+    "GantryTiltWarning",
     "HashMismatchError",
     "NonUniformSpacingWarning",
     "NotACheckpointError",
+    "SkippedFileWarning",
     "UnsafeCheckpointError",
     "UnverifiedWeightsWarning",
     "WeightsUnavailableError",
@@ -57,3 +59,12 @@ class NonUniformSpacingWarning(UserWarning):
 
 class UnverifiedWeightsWarning(UserWarning):
     """Weights were cached without a published hash to check them against."""
+
+
+class GantryTiltWarning(UserWarning):
+    """A gantry-tilted DICOM series was resampled onto a regular grid along the slice normal."""
+
+
+class SkippedFileWarning(UserWarning):
+    """A file of a series could not be read (truncated or corrupt) and was left out; the
+    message names it."""

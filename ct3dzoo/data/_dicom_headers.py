@@ -1,0 +1,226 @@
+"""Header side of DICOM reading: find the series, parse only the needed elements, list frames.
+
+Each file's header is parsed once (``specific_tags``); ``PixelData`` stays on disk
+(deferred) until `_dicom_pixels.decode_frames` reads it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DicomSeriesError
+from ._dicom_pixels import Frame
+
+__all__ = [
+    "check_decoder",
+    "check_image",
+    "frames_of",
+    "list_files",
+    "pick_series",
+    "pydicom_module",
+    "scan",
+]
+
+_SECONDARY_CAPTURE = (
+    "1.2.840.10008.5.1.4.1.1.7",
+    "1.2.840.10008.5.1.4.1.1.7.1",
+    "1.2.840.10008.5.1.4.1.1.7.2",
+    "1.2.840.10008.5.1.4.1.1.7.3",
+    "1.2.840.10008.5.1.4.1.1.7.4",
+)
+_DICOM_EXTRA = "pip install 'ct3dzoo[dicom]'"
+
+
+def pydicom_module() -> Any:
+    try:
+        import pydicom
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise ImportError(f"Reading DICOM needs pydicom: {_DICOM_EXTRA}") from e
+    return pydicom
+
+
+def list_files(path_or_files: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    if isinstance(path_or_files, (str, os.PathLike)):
+        p = Path(path_or_files)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file())
+        elif p.is_file():
+            files = [p]
+        else:
+            raise FileNotFoundError(f"No such DICOM file or folder: {p}")
+    else:
+        files = [Path(f) for f in path_or_files]
+    if not files:
+        raise FileNotFoundError(f"No files found in {path_or_files!s}")
+    return files
+
+
+def _fg(ds: Any, frame_item: Any, seq: str, attr: str, default: Any = None) -> Any:
+    """Attribute from the per-frame functional group, else the shared one, else ``ds``."""
+    for holder in (frame_item, _shared(ds)):
+        if holder is not None and seq in holder and len(holder[seq].value):
+            item = holder[seq].value[0]
+            if attr in item:
+                return item[attr].value
+    return ds.get(attr, default)
+
+
+def _shared(ds: Any) -> Any:
+    sfg = ds.get("SharedFunctionalGroupsSequence")
+    return sfg[0] if sfg else None
+
+
+def check_image(ds: Any, f: Path) -> None:
+    sop = str(ds.get("SOPClassUID", ""))
+    if sop in _SECONDARY_CAPTURE:
+        raise DicomSeriesError(
+            f"{f.name} is a Secondary Capture image (SOP class {sop}): a screenshot without "
+            "HU calibration or patient geometry. Export the original CT series instead."
+        )
+    modality = str(ds.get("Modality", "")).upper()
+    if modality != "CT":
+        raise DicomSeriesError(
+            f"{f.name} has Modality {modality or '(missing)'!r}; ct3dzoo reads CT only "
+            "(HU windows are meaningless for other modalities). Pick the CT series."
+        )
+    spp = int(ds.get("SamplesPerPixel", 1))
+    photo = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if spp != 1 or not photo.startswith("MONOCHROME"):
+        raise DicomSeriesError(
+            f"{f.name} is a colour image ({photo}, {spp} samples per pixel), not CT "
+            "attenuation values. Use the original greyscale CT series."
+        )
+
+
+def check_decoder(ds: Any, f: Path) -> None:
+    from pydicom.pixels import get_decoder
+
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is not None and ts.is_compressed:
+        try:
+            available = get_decoder(ts).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise DicomSeriesError(
+                f"{f.name} is compressed ({ts.name}, {ts}) and no decoder for it is "
+                f"installed. Install one with: {_DICOM_EXTRA} (pylibjpeg, pylibjpeg-openjpeg, "
+                "pylibjpeg-libjpeg) or `pip install python-gdcm`."
+            )
+
+
+#: The only elements the reader parses; everything else in a header is skipped unread.
+_TAGS = [
+    "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesDescription", "Modality",
+    "ConvolutionKernel", "GantryDetectorTilt", "SliceThickness", "SpacingBetweenSlices",
+    "ImagePositionPatient", "ImageOrientationPatient", "SamplesPerPixel",
+    "PhotometricInterpretation", "NumberOfFrames", "Rows", "Columns", "PixelSpacing",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration",
+    "PixelPaddingValue", "PixelPaddingRangeLimit", "RescaleIntercept", "RescaleSlope",
+    "RescaleType", "ModalityLUTSequence", "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
+    "PixelData",
+]  # fmt: skip
+
+
+def _read_header(f: Path, pydicom: Any) -> Any:
+    """Parse only `_TAGS`; ``PixelData`` stays on disk until decoded (deferred read)."""
+    try:
+        ds = pydicom.dcmread(f, defer_size=1024, specific_tags=_TAGS)
+    except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
+        return None
+    if "Rows" not in ds or "PixelData" not in ds:
+        return None  # DICOMDIR, structured reports, presentation states...
+    return ds
+
+
+def scan(
+    files: Sequence[Path], pydicom: Any, workers: int
+) -> tuple[dict[str, list[tuple[Path, Any]]], int]:
+    if workers > 1 and len(files) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            headers = list(ex.map(lambda f: _read_header(f, pydicom), files))
+    else:
+        headers = [_read_header(f, pydicom) for f in files]
+    series: dict[str, list[tuple[Path, Any]]] = {}
+    skipped = 0
+    for f, ds in zip(files, headers):
+        if ds is None:
+            skipped += 1
+            continue
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
+    return series, skipped
+
+
+def _floats(v: Any) -> np.ndarray | None:
+    return None if v is None else np.asarray([float(x) for x in v], dtype=np.float64)
+
+
+def _opt(v: Any) -> float | None:
+    return float(v) if v not in (None, "") else None
+
+
+def frames_of(f: Path, ds: Any) -> list[Frame]:
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    pffg = ds.get("PerFrameFunctionalGroupsSequence")
+    if pffg is None and n == 1:
+        items: list[tuple[int | None, Any]] = [(None, None)]
+    elif pffg is None or len(pffg) != n:
+        raise DicomSeriesError(
+            f"{f.name} has {n} frames but no matching PerFrameFunctionalGroupsSequence; "
+            "cannot place its frames in space."
+        )
+    else:
+        items = list(enumerate(pffg))
+    out = []
+    for i, item in items:
+
+        def g(seq: str, attr: str, default: Any = None, item: Any = item) -> Any:
+            return _fg(ds, item, seq, attr, default)
+
+        ipp = _floats(g("PlanePositionSequence", "ImagePositionPatient"))
+        iop = _floats(g("PlaneOrientationSequence", "ImageOrientationPatient"))
+        ps = g("PixelMeasuresSequence", "PixelSpacing")
+        if ipp is None or iop is None or ps is None:
+            raise DicomSeriesError(
+                f"{f.name} lacks ImagePositionPatient/ImageOrientationPatient/PixelSpacing; "
+                "slices cannot be ordered in space."
+            )
+        pvt = "PixelValueTransformationSequence"
+        out.append(
+            Frame(
+                file=f, ds=ds, index=i, ipp=ipp, iop=iop,
+                ps=(float(ps[0]), float(ps[1])),
+                slope=float(g(pvt, "RescaleSlope", 1) or 1),
+                inter=float(g(pvt, "RescaleIntercept", 0) or 0),
+                thickness=_opt(g("PixelMeasuresSequence", "SliceThickness")),
+                spacing_between=_opt(g("PixelMeasuresSequence", "SpacingBetweenSlices")),
+            )
+        )  # fmt: skip
+    return out
+
+
+def pick_series(series: dict[str, list[tuple[Path, Any]]], series_uid: str | None) -> str:
+    if series_uid is None:
+        if len(series) > 1:
+            lines = [
+                f"  {uid or '(no SeriesInstanceUID)'}: {len(items)} file(s), "
+                f"{items[0][1].get('Modality', '?')}, "
+                f"{items[0][1].get('SeriesDescription', '')!s}"
+                for uid, items in series.items()
+            ]
+            raise DicomSeriesError(
+                f"{len(series)} series found; pass series_uid= to choose one:\n" + "\n".join(lines)
+            )
+        return next(iter(series))
+    if series_uid not in series:
+        raise DicomSeriesError(
+            f"series_uid {series_uid!r} not found; available: {', '.join(sorted(series))}"
+        )
+    return series_uid
