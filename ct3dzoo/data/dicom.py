@@ -125,7 +125,7 @@ def _read(
     tilt: str,
     workers: int,
 ) -> CTVolume:
-    series, skipped = scan(files, pydicom, workers)
+    series, skipped = scan(files, pydicom)
     if not series:
         raise DicomSeriesError(
             f"No DICOM images among {len(files)} file(s) in {path_or_files!s} "
