@@ -43,7 +43,7 @@ def ct_slice(
     ds.ImageOrientationPatient = [float(v) for v in iop]
     ds.PixelSpacing = [float(ps[0]), float(ps[1])]
     ds.RescaleSlope, ds.RescaleIntercept = 1.0, intercept
-    ds.set_pixel_data(raw, "MONOCHROME2", 16)
+    ds.set_pixel_data(raw, "MONOCHROME2", raw.dtype.itemsize * 8)
     for k, v in extra.items():
         setattr(ds, k, v)
     return ds
@@ -225,3 +225,33 @@ def test_serial_and_threaded_decoding_agree(tmp_path: Path) -> None:
                                   - np.arange(9, dtype=np.float32)[:, None, None])  # fmt: skip
     with pytest.raises(ValueError, match="workers must be >= 1"):
         read_dicom_series(folder, workers=0)
+
+
+@pytest.mark.parametrize(
+    "dtype, bits_stored, implicit",
+    [(np.uint16, 12, False), (np.int16, 16, False), (np.uint8, 8, True), (np.int16, 12, False),
+     (np.uint16, 16, True)],
+)  # fmt: skip
+def test_fast_pixel_read_equals_pydicom(
+    tmp_path: Path, dtype: type, bits_stored: int, implicit: bool
+) -> None:
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    rng = np.random.default_rng(0)
+    info = np.iinfo(dtype)
+    lo = max(info.min, -(2 ** (bits_stored - 1))) if info.min < 0 else 0
+    hi = min(info.max, 2**bits_stored - 1 if info.min == 0 else 2 ** (bits_stored - 1) - 1)
+    iop = np.array([1.0, 0, 0, 0, 1, 0])
+    slices = []
+    for k in range(3):
+        raw = rng.integers(lo, hi, (40, 48), endpoint=True).astype(dtype)  # > defer size
+        ds = ct_slice(raw, np.array([0.0, 0.0, k]), iop, (1.0, 1.0), intercept=0.0)
+        ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
+        if implicit:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        slices.append(ds)
+    folder = write(tmp_path / "n", slices)
+    vol = read_dicom_series(folder, reorient=False)
+    ref = sorted((pydicom.dcmread(f) for f in folder.iterdir()),
+                 key=lambda d: float(d.ImagePositionPatient[2]))  # fmt: skip
+    np.testing.assert_array_equal(vol.hu, np.stack([d.pixel_array for d in ref]).astype(np.float32))
