@@ -13,6 +13,7 @@ __all__ = [
     "DicomSeriesError",
     "GantryTiltWarning",
     "HashMismatchError",
+    "MissingFilesError",
     "NonUniformSpacingWarning",
     "NotACheckpointError",
     "SkippedFileWarning",
@@ -68,3 +69,11 @@ class GantryTiltWarning(UserWarning):
 class SkippedFileWarning(UserWarning):
     """A file of a series could not be read (truncated or corrupt) and was left out; the
     message names it."""
+
+
+class MissingFilesError(CT3DZooError, FileNotFoundError):
+    """Files a manifest names do not exist (or were not prepared); ``.paths`` lists them all."""
+
+    def __init__(self, message: str, paths: list[str]) -> None:
+        super().__init__(message)
+        self.paths = list(paths)

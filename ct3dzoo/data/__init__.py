@@ -11,6 +11,7 @@ from .dataset import CTDataset, read_manifest
 from .dicom import DicomSeriesError, NonUniformSpacingWarning, read_dicom_series
 from .geometry import resample, slice_window_bounds, slice_windows
 from .io import read_nifti, read_volume
+from .preparation import PrepareResult, prepare
 from .volume import CTVolume
 from .windows import WINDOWS, apply_window, resolve_window, stack_windows
 
@@ -20,7 +21,9 @@ __all__ = [
     "CTVolume",
     "DicomSeriesError",
     "NonUniformSpacingWarning",
+    "PrepareResult",
     "apply_window",
+    "prepare",
     "read_dicom_series",
     "read_manifest",
     "read_nifti",
