@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CTModel",
     "FinetuneResult",
+    "StudyPrediction",
     "__version__",
     "create_model",
     "finetune",
@@ -27,6 +28,7 @@ __all__ = [
     "list_pretrained",
     "load",
     "predict",
+    "predict_study",
 ]
 _LAZY_MODULES = ("data", "viz", "train")
 
@@ -40,6 +42,10 @@ def __getattr__(name: str) -> Any:  # lazy: keep `import ct3dzoo` light
         from . import train
 
         return getattr(train, name)
+    if name in ("predict_study", "StudyPrediction"):
+        from .train import study
+
+        return getattr(study, name)
     raise AttributeError(f"module 'ct3dzoo' has no attribute {name!r}")
 
 
