@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "CT3DZooError",
     "CheckpointMismatchError",
+    "CorruptVolumeError",
     "DicomSeriesError",
     "GantryTiltWarning",
     "HashMismatchError",
@@ -77,3 +78,8 @@ class MissingFilesError(CT3DZooError, FileNotFoundError):
     def __init__(self, message: str, paths: list[str]) -> None:
         super().__init__(message)
         self.paths = list(paths)
+
+
+class CorruptVolumeError(CT3DZooError, ValueError):
+    """A volume file (NIfTI, ``.npy``/``.npz``) is truncated or not what its name says; the
+    message names the file."""
