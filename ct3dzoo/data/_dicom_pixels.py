@@ -150,6 +150,8 @@ def decode_frames(
                 np.logical_and(src >= rng[0], src <= rng[1], out=pad[k])
             if fr.index is None and "ModalityLUTSequence" in ds:
                 hu[k] = apply_modality_lut(src, ds)
+            elif fr.slope == 1.0:  # one pass over the output (the usual CT case)
+                np.add(src, np.float32(fr.inter), out=hu[k], dtype=np.float32)
             else:
                 np.multiply(src, np.float32(fr.slope), out=hu[k], dtype=np.float32)
                 hu[k] += np.float32(fr.inter)
