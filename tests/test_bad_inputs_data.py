@@ -66,6 +66,18 @@ def truncated_slice_strict(tmp: Path) -> Callable[[], object]:
     return lambda: read_dicom_series(tmp / "series", strict=True)
 
 
+def header_cut_slice(tmp: Path) -> Callable[[], object]:
+    files = dicom_series(tmp / "series")
+    files[3].write_bytes(files[3].read_bytes()[:300])  # cut inside the header
+    return lambda: read_dicom_series(tmp / "series")
+
+
+def header_cut_slice_strict(tmp: Path) -> Callable[[], object]:
+    files = dicom_series(tmp / "series")
+    files[3].write_bytes(files[3].read_bytes()[:300])
+    return lambda: read_dicom_series(tmp / "series", strict=True)
+
+
 def all_slices_truncated(tmp: Path) -> Callable[[], object]:
     for f in dicom_series(tmp / "series", n=2):
         truncate(f)
@@ -123,6 +135,10 @@ CASES = [
      ["slice2.dcm", "could not be decoded", "skipped", "bytes"]),
     ("truncated slice, strict", truncated_slice_strict, DicomSeriesError,
      ["slice2.dcm", "could not be decoded", "Remove or re-export"]),
+    ("slice cut inside its header", header_cut_slice, SkippedFileWarning,
+     ["slice3.dcm", "header that cannot be read", "truncated or damaged", "skipped"]),
+    ("slice cut inside its header, strict", header_cut_slice_strict, DicomSeriesError,
+     ["slice3.dcm", "header that cannot be read", "strict=True"]),
     ("every slice truncated", all_slices_truncated, DicomSeriesError,
      ["slice0.dcm", "slice1.dcm", "could not be decoded"]),
     ("truncated .nii.gz", truncated_nifti, CorruptVolumeError,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,11 @@ _SECONDARY_CAPTURE = (
     "1.2.840.10008.5.1.4.1.1.7.2",
     "1.2.840.10008.5.1.4.1.1.7.3",
     "1.2.840.10008.5.1.4.1.1.7.4",
+)
+_CT_IMAGE = (
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
+    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT
 )
 _DICOM_EXTRA = "pip install 'ct3dzoo[dicom]'"
 
@@ -153,32 +159,49 @@ def _tag_ints() -> list[int]:
     return [int(pydicom_module().tag.Tag(t)) for t in _TAGS]
 
 
-def _read_header(f: Path, pydicom: Any) -> Any:
-    """Parse only `_TAGS`; ``PixelData`` stays on disk until decoded (deferred read)."""
+def _read_header(f: Path, pydicom: Any) -> tuple[Any, str | None]:
+    """``(dataset, None)`` for an image, ``(None, None)`` for a non-image or non-DICOM file,
+    ``(None, reason)`` for a DICOM file whose header cannot be read (e.g. truncated).
+
+    Parses only `_TAGS`; ``PixelData`` stays on disk until decoded (deferred read)."""
     try:
         ds = pydicom.dcmread(f, defer_size=1024, specific_tags=_tag_ints())
-    except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
-        return None
+    except pydicom.errors.InvalidDicomError:
+        return None, None
+    except (OSError, EOFError, ValueError, struct.error) as e:
+        return None, f"{type(e).__name__}: {e}"
     if "Rows" not in ds or "PixelData" not in ds:
-        return None  # DICOMDIR, structured reports, presentation states...
-    return ds
+        meta = getattr(ds, "file_meta", None)
+        sop = str(
+            ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "")
+        )
+        if sop in _CT_IMAGE:
+            return None, "a CT image without Rows/PixelData: the file is truncated or damaged"
+        return None, None  # DICOMDIR, structured reports, presentation states...
+    return ds, None
 
 
-def scan(files: Sequence[Path], pydicom: Any) -> tuple[dict[str, list[tuple[Path, Any]]], int]:
-    """Group the image files by ``SeriesInstanceUID``; count the skipped ones.
+def scan(
+    files: Sequence[Path], pydicom: Any
+) -> tuple[dict[str, list[tuple[Path, Any]]], int, dict[Path, str]]:
+    """Group the image files by ``SeriesInstanceUID``; count the skipped ones and return
+    the DICOM files whose header could not be read, with the reason.
 
     Serial on purpose: header parsing is pure Python (holds the GIL), and threads measured
     slower here than one loop; the pixel reads are the part that runs in parallel.
     """
     series: dict[str, list[tuple[Path, Any]]] = {}
     skipped = 0
+    broken: dict[Path, str] = {}
     for f in files:
-        ds = _read_header(f, pydicom)
+        ds, why = _read_header(f, pydicom)
         if ds is None:
             skipped += 1
+            if why is not None:
+                broken[f] = why
             continue
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
-    return series, skipped
+    return series, skipped, broken
 
 
 def _floats(v: Any) -> np.ndarray | None:

@@ -125,7 +125,13 @@ def _read(
     tilt: str,
     workers: int,
 ) -> CTVolume:
-    series, skipped = scan(files, pydicom)
+    series, skipped, broken = scan(files, pydicom)
+    if broken:
+        lines = "\n".join(f"  {f}: {why}" for f, why in broken.items())
+        msg = f"{len(broken)} DICOM file(s) have a header that cannot be read:\n{lines}"
+        if strict:
+            raise DicomSeriesError(msg + "\nRemove or re-export them (strict=True).")
+        warnings.warn(msg + "\nThey are skipped.", SkippedFileWarning, stacklevel=3)
     if not series:
         raise DicomSeriesError(
             f"No DICOM images among {len(files)} file(s) in {path_or_files!s} "
