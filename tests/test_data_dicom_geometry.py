@@ -138,16 +138,23 @@ def test_tilted_ramp_is_resampled_exactly_and_masked(tmp_path: Path, tilt_deg: f
     assert outside.any() and not outside.all()
 
 
-def test_oblique_series_stepping_along_its_normal_is_not_tilted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_oblique_series_stepping_along_its_normal_is_not_tilted(
+    tmp_path: Path, decimals: int | None
+) -> None:
     iop, row, col = tilted_geometry(20.0)
     normal = np.cross(row, col)
-    raws = [np.full((8, 8), 1000 + k, np.int16) for k in range(4)]
-    ipps = [np.array([1.0, 2.0, 3.0]) + 1.5 * k * normal for k in range(4)]
-    folder = write(tmp_path / "o", [ct_slice(a, p, iop, (1.0, 1.0)) for a, p in zip(raws, ipps)])
+    raws = [np.full((8, 8), 1000 + k, np.int16) for k in range(6)]
+    ipps = [np.array([1.0, 2.0, 3.0]) + 3.0 * k * normal for k in range(6)]
+    if decimals is not None:  # headers that round positions to 0.1 mm are not "tilted"
+        ipps = [np.round(p, decimals) for p in ipps]
+    slices = [ct_slice(a, p, iop, (0.3, 0.3)) for a, p in zip(raws, ipps)]
+    folder = write(tmp_path / "o", slices)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         vol = read_dicom_series(folder, tilt="error")
-    assert vol.spacing[0] == pytest.approx(1.5)
+    assert vol.spacing[0] == pytest.approx(3.0, abs=0.05)
+    np.testing.assert_array_equal(vol.hu[:, 0, 0], np.arange(6) + 1000 - 1024.0)
     assert "gantry_tilt_deg" not in vol.meta and "padding_mask" not in vol.meta
 
 

@@ -51,6 +51,11 @@ __all__ = [
 ]
 
 
+#: In-plane drift of slice origins (pixels) beyond which a series counts as gantry-tilted;
+#: below it, position rounding in the headers (e.g. 0.1 mm) is not mistaken for a tilt.
+_MAX_SHEAR_PX = 0.25
+
+
 def read_dicom_series(
     path_or_files: str | os.PathLike | Iterable[str | os.PathLike],
     *,
@@ -66,10 +71,11 @@ def read_dicom_series(
     Every pixel is placed where DICOM PS3.3 C.7.6.2.1.1 puts it. Headers are parsed once,
     only the needed elements; pixel data are decoded by ``workers`` threads into one array.
 
-    - **Gantry tilt**: when the slice origins do not step along the slice normal (a tilted
-      gantry), ``tilt="resample"`` shifts each slice in-plane (bilinear) onto a regular
-      grid along the normal, as dcm2niix does, and warns (`GantryTiltWarning`);
-      ``tilt="error"`` raises `DicomSeriesError` naming the tilt.
+    - **Gantry tilt**: when the slice origins drift in-plane by more than a quarter pixel
+      instead of stepping along the slice normal (a tilted gantry), ``tilt="resample"``
+      shifts each slice in-plane (bilinear) onto a regular grid along the normal, as
+      dcm2niix does, and warns (`GantryTiltWarning`); ``tilt="error"`` raises
+      `DicomSeriesError` naming the tilt.
     - **Pixel padding** (``PixelPaddingValue``/``PixelPaddingRangeLimit``, C.7.5.1.1.2): not
       measured data; set to air (-1024 HU, or the series' lowest real value when higher),
       and ``meta["padding_mask"]`` (bool, same shape as ``hu``) marks those voxels (and,
@@ -190,7 +196,7 @@ def _read(
         np.stack([fr.ipp for fr in frames]), normal, row_cos, col_cos
     )
     shear = float(np.max(np.abs(np.concatenate([off_col / ps[0], off_row / ps[1]]))))
-    if shear > 0.05:  # pixels
+    if shear > _MAX_SHEAR_PX:
         span = frames[-1].ipp - frames[0].ipp
         angle = float(
             np.degrees(np.arctan2(np.linalg.norm(span - (span @ normal) * normal), span @ normal))
