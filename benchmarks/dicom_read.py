@@ -102,13 +102,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--workers", type=int, default=None, help="ct3dzoo threads (default: cores)")
     args = p.parse_args()
-    from ct3dzoo.data._dicom_pixels import default_workers
-
-    workers = args.workers or default_workers()
+    workers = args.workers  # None: the reader's default (the usable cores)
+    cores = len(os.sched_getaffinity(0))
+    label = f"workers={workers}" if workers else f"default workers = {cores} cores"
     readers: dict[str, Callable[[Path], np.ndarray]] = {
-        f"ct3dzoo read_dicom_series (workers={workers})": lambda f: (
-            read_dicom_series(f, workers=workers).hu
-        ),
+        f"ct3dzoo read_dicom_series ({label})": lambda f: read_dicom_series(f, workers=workers).hu,
         "ct3dzoo read_dicom_series (workers=1)": lambda f: read_dicom_series(f, workers=1).hu,
         "SimpleITK ImageSeriesReader (GDCM)": simpleitk,
         "naive pydicom (dcmread + pixel_array)": naive_pydicom,
