@@ -38,6 +38,10 @@ _PLUGINS = {
                  "fine-tune a model on a manifest of CT studies"),
     "demo": ("ct3dzoo.demo", "add_demo_parser", "run_demo",
              "end-to-end demo on a synthetic chest-CT phantom (offline)"),
+    "prepare": ("ct3dzoo.data.prepare_cli", "add_prepare_parser", "run_prepare",
+                "read a manifest's studies once into a compact cache (resumable, sharded)"),
+    "predict": ("ct3dzoo.train.study_cli", "add_predict_parser", "run_predict",
+                "whole-study prediction over slice windows; writes a CSV"),
 }  # fmt: skip
 
 
