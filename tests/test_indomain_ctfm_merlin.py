@@ -46,6 +46,22 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
     assert (a - b).abs().max().item() <= 1e-5 * scale + 1e-6, ((a - b).abs().max(), scale)
 
 
+@pytest.mark.parametrize("cfg", [CTFM, MERLIN], ids=lambda c: c.name)
+def test_ct_rows_are_complete(cfg):
+    """What every in-domain CT row states: its source on the Hub, licence, citation, dataset,
+    publisher, the notes citing its sources, and an HU mapping (not a user-chosen window)."""
+    for key in ("hf_hub_id", "hf_hub_filename", "file_format", "license", "citation", "dataset",
+                "publisher", "paper", "notes", "stem", "mean", "std"):  # fmt: skip
+        assert getattr(cfg, key), f"{cfg.name}: {key} missing"
+    assert cfg.pretrain_source == "ct" and cfg.input_contract.kind == "hu_range"
+    assert cfg.input_contract.source and cfg.input_contract.orientation
+    assert "github.com" in cfg.notes  # the code the facts were read from
+    if cfg.hf_hub_revision is None:
+        assert "Revision:" in cfg.notes  # why none is pinned
+    info = cfg.input_contract.describe()
+    assert "scaled to [0, 1]" in info and "orientation" in info
+
+
 # ------------------------------------------------------------------------------- CT-FM
 def _ctfm_file(*, init_filters: int = 8, blocks_down=(1, 2, 2, 4, 4)) -> dict:
     """An upstream-format CT-FM state dict (MONAI key names); small widths keep it light."""

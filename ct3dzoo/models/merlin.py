@@ -78,10 +78,7 @@ register_weights(
             "diagnosis codes and radiology reports"
         ),
         publisher="stanfordmimi",
-        license=(
-            "MIT (Hub model card of stanfordmimi/Merlin and the StanfordMIMI/Merlin LICENSE); "
-            "the Merlin dataset itself is for non-commercial research only"
-        ),
+        license="MIT (Hub model card of stanfordmimi/Merlin; StanfordMIMI/Merlin LICENSE)",
         citation=(
             "Blankemeier L, Kumar A, Cohen JP, et al. Merlin: a computed tomography "
             "vision-language foundation model and dataset. Nature (2026). "
@@ -99,7 +96,9 @@ register_weights(
             "converted full checkpoint (about 1.1 GB). Contract: "
             f"{_REPO}/merlin/data/monai_transforms.py; orientation = MONAI axis codes of the "
             "network's (D, H, W) axes (RAS array permuted to z, x, y). Revision: the Hub "
-            "repo's commits are seen only abbreviated (149c2de, README), so none is pinned."
+            "repo's commits are seen only abbreviated (149c2de, README), so none is pinned. "
+            "The Merlin abdominal CT dataset is released for non-commercial research only "
+            f"({_REPO}/documentation/download.md)."
         ),
     )
 )
