@@ -52,8 +52,8 @@ register_weights(
             spacing=(3.0, 1.0, 1.0),
             orientation="SPL",
             source=(
-                "CT-FM pretraining transforms (experiments/fm/frameworks/intrasample_simclr.yaml, "
-                "experiments/fm/base.yaml): Orientation(axcodes='SPL'), Spacing(pixdim=[3, 1, 1]), "
+                "CT-FM scripts/feature_extractor.py and pretraining configs: Orientation("
+                "axcodes='SPL'), Spacing(pixdim=[3, 1, 1]), CropForeground, "
                 "ScaleIntensityRange(-1024, 2048 -> 0, 1, clip=True)"
             ),
         ),
@@ -79,7 +79,9 @@ register_weights(
             f"as the pretraining config {_CTFM_REPO}/experiments/fm/backbones/segresenc.yaml. "
             "Contract: SimCLR pretraining on random 64x128x128 mm crops (32x128x128 voxels, "
             f"input_size) of whole scans, {_CTFM_REPO}/experiments/fm/frameworks/"
-            "intrasample_simclr.yaml; orientation is MONAI's axis codes of the (D, H, W) axes, "
+            "intrasample_simclr.yaml; feature extraction (the same transforms, 24x128x128 "
+            "sliding-window patches, adaptive_avg_pool3d of the last level = ct3dzoo's "
+            f"pre-logits): {_CTFM_REPO}/scripts/feature_extractor.py; orientation is MONAI's axis codes of the (D, H, W) axes, "
             "'SPL' = ct3dzoo's own CTVolume layout. Revision: commit 23e05e9c of the Hub repo "
             "(seen with config.json from the 'Push model using huggingface_hub' commit "
             "6a4c086). The code repo project-lighter/CT-FM is MIT-licensed; the weights' "
