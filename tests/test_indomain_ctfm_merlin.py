@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save
@@ -332,3 +333,35 @@ def test_merlin_missing_hub_file_says_repo_file_and_fetch(http_server, hf_env, m
     msg = str(err.value)
     assert "stanfordmimi/Merlin" in msg and MERLIN.hf_hub_filename in msg
     assert f"ct3dzoo fetch {MERLIN.name} --from /path/to/{MERLIN.hf_hub_filename}" in msg
+
+
+# ------------------------------------------------------------------------- orientation
+@pytest.mark.parametrize("axcodes", ["RAS", "LPI", "PSR"])  # how the file stores its axes
+def test_recorded_orientations_match_the_sources_transforms(tmp_path, axcodes):
+    """``orientation`` = MONAI axis codes of the model input's (D, H, W): CT-FM's
+    ``Orientation('SPL')`` array is ct3dzoo's CTVolume layout as is; Merlin's
+    ``Orientationd('RAS')`` array permuted (x, y, z) -> (z, x, y) is the CTVolume with H and W
+    flipped and swapped, which is what the code 'SRA' says."""
+    nib = pytest.importorskip("nibabel")
+    transforms = pytest.importorskip("monai.transforms")
+    from nibabel.orientations import aff2axcodes, axcodes2ornt
+
+    data = np.random.default_rng(0).random((6, 5, 4), dtype=np.float32)
+    affine = np.eye(4)  # array axis i points along axcodes[i]; 1.5, 2, 3 mm voxels
+    affine[:3, :3] = 0
+    for i, (world_axis, sign) in enumerate(axcodes2ornt(axcodes)):
+        affine[int(world_axis), i] = sign * (1.5, 2.0, 3.0)[i]
+    assert "".join(aff2axcodes(affine)) == axcodes
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    vol = torch.from_numpy(ct3dzoo.data.read_nifti(path).hu)  # (D, H, W) = S, P, L
+
+    load = transforms.LoadImage(image_only=True, ensure_channel_first=True)
+    img = load(str(path))
+    spl = transforms.Orientation(axcodes=CTFM.input_contract.orientation)(img)[0]
+    assert torch.equal(torch.as_tensor(spl), vol)
+    ras = transforms.Orientation(axcodes="RAS")(img)[0]
+    merlin_input = torch.as_tensor(ras).permute(2, 0, 1)  # Merlin's forward: (z, x, y)
+    assert MERLIN.input_contract.orientation == "SRA"
+    assert torch.equal(merlin_input, vol.flip(-2, -1).transpose(-2, -1))
+    assert torch.equal(torch.as_tensor(transforms.Orientation(axcodes="SRA")(img)[0]), merlin_input)
