@@ -25,7 +25,8 @@ Merlin repeats its one-channel input to three channels without normalising; here
 repeat is folded into the stem (mean 0, std 1 in the row), so ``in_chans=1`` computes the same
 numbers with a 1-channel kernel. Merlin feeds the network ``x.permute(0, 1, 4, 2, 3)`` of a
 MONAI ``(x, y, z)`` array in RAS orientation: the network's ``(D, H, W)`` axes point S, R, A
-(the row's ``orientation="SRA"``). Total stride 16 along D, 32 along H and W; any size runs.
+(the row's ``orientation="SRA"``); from a ``CTVolume`` (S, P, L) that is
+``hu.flip(-2, -1).transpose(-2, -1)``. Total stride 16 along D, 32 along H and W; any size runs.
 """
 
 from __future__ import annotations
