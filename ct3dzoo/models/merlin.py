@@ -42,7 +42,7 @@ from .._specs import WeightsSpec, hu_range_contract
 from ..heads import AvgPool
 from ._common import fold_stems, weights_row
 
-__all__ = ["MerlinI3ResNet", "inflated_resnet152"]
+__all__ = ["MerlinI3ResNet"]
 
 _REPO = "https://github.com/StanfordMIMI/Merlin/blob/2489a96bab716b6b27e3e693e2e9e9a1587135a5"
 _IMAGE_PREFIX = "encode_image.i3_resnet."
@@ -149,11 +149,6 @@ class _I3ResNet(nn.Module):
                 in_ch = 4 * width
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.num_features = in_ch
-
-
-def inflated_resnet152() -> nn.Module:
-    """Merlin's inflated ResNet-152 image tower (random weights, 3-channel stem)."""
-    return _I3ResNet((3, 8, 36, 3))
 
 
 class MerlinI3ResNet(CTModel):
