@@ -39,8 +39,10 @@ class InputContract:
       the in-domain weights were trained with).
     - ``"zscore"``: ``(hu - mean) / std`` over the volume's voxels (MedicalNet).
 
-    ``spacing`` (mm, D/H/W order = z, y, x), ``orientation`` (e.g. ``"RAS"``) and ``size``
-    (D, H, W) are set where the source states them.
+    ``spacing`` (mm, D/H/W order = z, y, x), ``orientation`` and ``size`` (D, H, W) are set
+    where the source states them. ``orientation`` gives MONAI's axis codes of the model
+    input's ``(D, H, W)`` axes (each letter: where that axis's index increases towards), so
+    ``"SPL"`` is ct3dzoo's own ``CTVolume`` layout.
     """
 
     kind: ContractKind
