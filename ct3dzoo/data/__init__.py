@@ -7,6 +7,7 @@ HU, ``D`` inferior -> superior, ``H`` anterior -> posterior, ``W`` patient right
 """
 
 from . import transforms
+from .contract import InputTransform, transforms_for
 from .dataset import CTDataset, read_manifest
 from .dicom import DicomSeriesError, NonUniformSpacingWarning, read_dicom_series
 from .geometry import resample, slice_window_bounds, slice_windows
@@ -19,6 +20,7 @@ __all__ = [
     "CTDataset",
     "CTVolume",
     "DicomSeriesError",
+    "InputTransform",
     "NonUniformSpacingWarning",
     "apply_window",
     "read_dicom_series",
@@ -31,4 +33,5 @@ __all__ = [
     "slice_windows",
     "stack_windows",
     "transforms",
+    "transforms_for",
 ]
