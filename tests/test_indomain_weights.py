@@ -253,7 +253,10 @@ def test_wrong_architecture_is_refused(name, wrong, expect, http_server, hf_env,
 def test_fetch_from_a_wrong_file_caches_nothing(tmp_path, _isolated_cache):
     path = tmp_path / "resnet_34_23dataset.pth"
     path.write_bytes(_upstream_file(medicalnet_state_dict(18)))
-    with pytest.raises(CheckpointMismatchError, match="not a checkpoint of medicalnet_resnet34"):
+    with (
+        pytest.warns(UserWarning, match="not verified against a published hash"),
+        pytest.raises(CheckpointMismatchError, match="not a checkpoint of medicalnet_resnet34"),
+    ):
         ct3dzoo.fetch("medicalnet_resnet34", from_file=path)
     assert not (_isolated_cache / "weights").exists() or not any(
         (_isolated_cache / "weights").glob("*.safetensors")
@@ -269,3 +272,15 @@ def test_missing_hub_file_says_repo_file_and_fetch_from(http_server, hf_env, mon
     assert "ct3dzoo fetch medicalnet_resnet18.23datasets --from" in msg
     with pytest.raises(ValueError, match=r"no Kinetics weights: use pretrain='medicalnet'"):
         ct3dzoo.load("medicalnet_resnet18")  # load()'s default pretrain="kinetics"
+
+
+def test_pinned_revision_is_what_is_requested(http_server, hf_env, monkeypatch):
+    spec = ct3dzoo.get_pretrained_cfg("medicalnet_resnet18.3dseg8")
+    assert spec.hf_hub_revision == "ee59c99e39a995fb8c20f2a2650a66161e2df584"
+    body = _upstream_file(medicalnet_state_dict(18))
+    http_server.serve_hf_repo(spec.hf_hub_id, {"resnet_18.pth": body}, commit=spec.hf_hub_revision)
+    monkeypatch.setenv("HF_ENDPOINT", http_server.base)
+    ct3dzoo.fetch(spec.name, progress=False)
+    paths = {p for _, p in http_server.requests}
+    assert f"/{spec.hf_hub_id}/resolve/{spec.hf_hub_revision}/resnet_18.pth" in paths
+    assert not any("/resolve/main/" in p for p in paths)

@@ -63,6 +63,12 @@ _DEPTHS: dict[int, tuple[str, tuple[int, ...], str]] = {
 }
 
 
+#: Hub commits verified from their full ids on the Hub's pages: (depth, tag) -> commit.
+#: MedicalNet-Resnet18 at ee59c99e... ("Upload resnet_18.pth") holds resnet_18.pth, unchanged
+#: on main since; the other repos show only short ids, so their rows follow main.
+_REVISIONS = {(18, "3dseg8"): "ee59c99e39a995fb8c20f2a2650a66161e2df584"}
+
+
 def _row(depth: int, tag: str) -> WeightsSpec:
     filename = f"resnet_{depth}_23dataset.pth" if tag == "23datasets" else f"resnet_{depth}.pth"
     block, _, shortcut = _DEPTHS[depth]
@@ -76,7 +82,7 @@ def _row(depth: int, tag: str) -> WeightsSpec:
         f"medicalnet_resnet{depth}.{tag}",
         hf_hub_id=hub,
         hf_hub_filename=filename,
-        hf_hub_revision=None,
+        hf_hub_revision=_REVISIONS.get((depth, tag)),
         url_info=f"https://huggingface.co/{hub}",
         filename=filename,
         file_format="medicalnet",
@@ -90,11 +96,16 @@ def _row(depth: int, tag: str) -> WeightsSpec:
         paper="https://arxiv.org/abs/1904.00625",
         upstream_arch=f"MedicalNet resnet{depth} ({block} blocks, shortcut type {shortcut})",
         notes=(
-            f"Segmentation-pretrained (Med3D); pickled {{'state_dict': ...}} with 'module.' "
-            f"prefixes, read with weights_only=True. Built in the original dilated geometry "
-            f"(layer3/4 stride 1, dilation 2/4; dilated=False gives MONAI's strided one). "
-            f"Hub revision not pinned: the Hub pages show only short commit ids, which could "
-            f"not be verified offline. Sources: {_REPO} (models/resnet.py, "
+            "Segmentation-pretrained (Med3D); pickled {'state_dict': ...} with 'module.' "
+            "prefixes, read with weights_only=True. Built in the original dilated geometry "
+            "(layer3/4 stride 1, dilation 2/4; dilated=False gives MONAI's strided one). "
+            + (
+                "Hub revision pinned to the commit that uploaded the file. "
+                if (depth, tag) in _REVISIONS
+                else "Hub revision not pinned: the Hub pages show only short commit ids for this "
+                "file, which could not be verified offline. "
+            )
+            + f"Sources: {_REPO} (models/resnet.py, "
             f"datasets/brains18.py), https://huggingface.co/{hub}, MONAI "
             "monai/networks/nets/resnet.py (get_medicalnet_pretrained_resnet_args)."
         ),
