@@ -1,9 +1,10 @@
 """In-domain CT weights (MedicalNet, Models Genesis) from a loopback Hugging Face Hub.
 
 Checkpoints are built in each source's own format — ``{"state_dict": {"module." + key: ...}}``
-with the published key names and shapes (MedicalNet's from MONAI's ``resnet``, an
-independent implementation that loads the same files strictly; Models Genesis' from the
-layer list of its ``pytorch/unet3d.py``, decoder included) — and served as Hub files.
+with the published key names and shapes, written out here from the upstream layer lists
+(MedicalNet ``models/resnet.py``, Models Genesis ``pytorch/unet3d.py`` with its decoder) —
+and served as Hub files. Where MONAI is installed, its MedicalNet-compatible ``resnet`` (an
+independent implementation that loads the released files strictly) checks those key lists.
 """
 
 from __future__ import annotations
@@ -57,8 +58,37 @@ def _upstream_file(sd: dict[str, torch.Tensor]) -> bytes:
     return buf.getvalue()
 
 
+def _bn(prefix: str, c: int) -> dict[str, torch.Tensor]:
+    d = {f"{prefix}.{n}": torch.empty(c) for n in ("weight", "bias", "running_mean", "running_var")}
+    return d | {f"{prefix}.num_batches_tracked": torch.tensor(5)}
+
+
 def medicalnet_state_dict(depth: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    return _randomise(_monai_resnet(depth).state_dict(), seed)
+    """Every tensor of MedicalNet ``resnet{depth}`` (models/resnet.py) without ``conv_seg``:
+    what the released files hold (MONAI loads them strictly into the same key set)."""
+    bottleneck = depth == 50
+    layers = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}[depth]
+    shortcut_b = depth in (10, 50)
+    e = 4 if bottleneck else 1
+    sd = {"conv1.weight": torch.empty(64, 1, 7, 7, 7)} | _bn("bn1", 64)
+    cin = 64
+    for i, (p, n) in enumerate(zip((64, 128, 256, 512), layers)):
+        for j in range(n):
+            b = f"layer{i + 1}.{j}"
+            if bottleneck:
+                sd[f"{b}.conv1.weight"] = torch.empty(p, cin, 1, 1, 1)
+                sd[f"{b}.conv2.weight"] = torch.empty(p, p, 3, 3, 3)
+                sd[f"{b}.conv3.weight"] = torch.empty(p * e, p, 1, 1, 1)
+                sd |= _bn(f"{b}.bn1", p) | _bn(f"{b}.bn2", p) | _bn(f"{b}.bn3", p * e)
+            else:
+                sd[f"{b}.conv1.weight"] = torch.empty(p, cin, 3, 3, 3)
+                sd[f"{b}.conv2.weight"] = torch.empty(p, p, 3, 3, 3)
+                sd |= _bn(f"{b}.bn1", p) | _bn(f"{b}.bn2", p)
+            if j == 0 and shortcut_b and (i == 1 or cin != p * e):  # layer2 has stride 2
+                sd[f"{b}.downsample.0.weight"] = torch.empty(p * e, cin, 1, 1, 1)
+                sd |= _bn(f"{b}.downsample.1", p * e)
+            cin = p * e
+    return _randomise(sd, seed)
 
 
 def _luconv(prefix: str, cin: int, cout: int) -> dict[str, torch.Tensor]:
@@ -141,10 +171,10 @@ def test_medicalnet_keys_and_strided_features_match_monai(depth):
     ref = _monai_resnet(depth).eval()
     sd = _randomise(ref.state_dict(), depth)
     ref.load_state_dict(sd)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    assert {k: tuple(v.shape) for k, v in medicalnet_state_dict(depth).items()} == shapes
     ours = ct3dzoo.create_model(f"medicalnet_resnet{depth}", num_classes=0, dilated=False)
-    assert {k: tuple(v.shape) for k, v in ours.backbone.state_dict().items()} == {
-        k: tuple(v.shape) for k, v in sd.items()
-    }
+    assert {k: tuple(v.shape) for k, v in ours.backbone.state_dict().items()} == shapes
     if depth in (10, 18):  # forward passes kept to the small nets
         ours.backbone.load_state_dict(sd)
         x = torch.rand(1, 1, 16, 32, 32)
