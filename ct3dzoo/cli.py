@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io.cache import cache_paths, cached_entry
-from ._specs import WeightsSpec
+from ._specs import ModelOptions, WeightsSpec
 from ._version import __version__
 
 __all__ = ["build_parser", "main"]
@@ -200,7 +200,7 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, d
     p = sub.add_parser("export", help="write a Hub-ready folder of adapted weights")
     p.add_argument("name", metavar="ARCH.TAG")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--in-chans", type=int, default=1, help="input channels (default 1)")
+    p.add_argument("--in-chans", **ModelOptions.cli_kwargs("in_chans"))
     p.add_argument(
         "--from", dest="from_file", metavar="FILE", help="an already downloaded upstream file"
     )
