@@ -182,33 +182,50 @@ def load(
         sd = read_checkpoint(path)
         source = str(path)
     else:
-        sd = _weights.load_pretrained_state_dict(model.pretrained_cfg, progress=progress)
+        sd = _weights.load_pretrained_state_dict(
+            model.pretrained_cfg,
+            progress=progress,
+            validate=_fits(model.pretrained_cfg, model.pretrained_cfg.name, model),
+        )
         source = f"{name}.{tag}"
     load_state_dict_into(model, sd, source=source)
     model.model_config["pretrain"] = source if not from_file else "file"
     return model
 
 
+def _fits(spec: Any, source: str, model: CTModel | None = None) -> Any:
+    """A validator for ``_io.weights``: refuse a state dict whose keys and shapes do not fit
+    ``model`` (default: ``spec``'s architecture with default options), before anything is
+    cached."""
+
+    def check(sd: dict[str, Any]) -> None:
+        target = model or _build(spec.arch, spec.tag, ModelOptions(num_classes=0), {})
+        try:
+            load_state_dict_into(target, sd, source=source)
+        except CheckpointMismatchError as e:
+            what = (
+                f"the file downloaded for {spec.name} does not fit its architecture"
+                if source == spec.name
+                else f"{source} is not a checkpoint of {spec.name}"
+            )
+            raise CheckpointMismatchError(f"{what}; nothing was cached.\n  {e}") from None
+
+    return check
+
+
 def fetch(name: str, *, from_file: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """Fill the ct3dzoo cache with the weights ``arch.tag`` (or ``arch``: its default weights).
 
     With ``from_file``, an already downloaded upstream file is checked first: that it is a
-    checkpoint of that architecture (keys and shapes), then against every known hash; then
-    it is converted (no network). Otherwise the Hub file or upstream URL is used. Returns the
-    local safetensors path.
+    checkpoint at all, against every known hash, then that its keys and shapes fit the
+    architecture; then it is converted (no network). Otherwise the Hub file or upstream URL
+    is used, with the same checks before caching. Returns the local safetensors path.
     """
     spec = get_pretrained_cfg(name)
-
-    def fits(sd: dict[str, Any]) -> None:
-        model = _build(spec.arch, spec.tag, ModelOptions(num_classes=0), {})
-        try:
-            load_state_dict_into(model, sd, source=str(from_file))
-        except CheckpointMismatchError as e:
-            raise CheckpointMismatchError(
-                f"{from_file} is not a checkpoint of {spec.name}; nothing was cached.\n  {e}"
-            ) from None
-
-    return _weights.fetch(spec, from_file=from_file, progress=progress, validate=fits)
+    source = str(from_file) if from_file is not None else spec.name
+    return _weights.fetch(
+        spec, from_file=from_file, progress=progress, validate=_fits(spec, source)
+    )
 
 
 # ------------------------------------------------------------------ hf-hub: / local-dir:

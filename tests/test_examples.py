@@ -127,3 +127,28 @@ def test_paper_protocol_window_labels(tmp_path: Path) -> None:
     ]  # fmt: skip
     x = np.load(tmp_path / "s.npy")
     assert x.shape == (20, 8, 8) and float(x.max()) == 0.0  # -800 HU is below the PE window
+
+
+def test_compare_pretraining(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Offline: Kinetics/MedicalNet weights are unavailable, so those pairs train from random
+    init and the output and CSV say so; random-init pairs are labelled as such."""
+    monkeypatch.setenv("CT3DZOO_OFFLINE", "1")
+    args = ["--phantom", "9", *TINY_SIZE, "--sizes", "2", "6", "--epochs", "1"]
+    args += ["--batch-size", "2", "--out", str(tmp_path)]
+    args += ["--pairs", "r3d_18:kinetics", "medicalnet_resnet10:medicalnet", "r3d_18:none"]
+    assert _example("compare_pretraining").main(args) == 0
+    out = capsys.readouterr().out
+    assert "medicalnet_resnet10:medicalnet: weights unavailable, training from RANDOM" in out
+    rows = _rows(tmp_path / "results.csv")
+    assert [(r["arch"], r["pretrain"], int(r["n_train"])) for r in rows] == [
+        ("r3d_18", "kinetics", 2), ("r3d_18", "kinetics", 6),
+        ("medicalnet_resnet10", "medicalnet", 2), ("medicalnet_resnet10", "medicalnet", 6),
+        ("r3d_18", "None", 2), ("r3d_18", "None", 6),
+    ]  # fmt: skip
+    assert [r["weights"] for r in rows] == ["random init (unavailable)"] * 4 + ["random init"] * 2
+    assert all(0.0 <= float(r["auroc"]) <= 1.0 for r in rows)  # 3 val studies, both classes
+    assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ct3dzoo.errors.WeightsUnavailableError):
+        _example("compare_pretraining").main([*args, "--strict", "--sizes", "2"])

@@ -120,7 +120,9 @@ def convert_into_cache(
     return paths.weights
 
 
-def _from_url(spec: WeightsSpec, *, progress: bool, context: str) -> Path:
+def _from_url(
+    spec: WeightsSpec, *, progress: bool, context: str, validate: Validator | None
+) -> Path:
     """Download the upstream file (through ``CT3DZOO_MIRROR``), verify, convert, cache."""
     if not spec.url:
         where = spec.url_info or spec.publisher or "its publisher"
@@ -149,12 +151,14 @@ def _from_url(spec: WeightsSpec, *, progress: bool, context: str) -> Path:
                 sha, size = download(source, dest, progress=progress)
             except WeightsUnavailableError as e:
                 raise WeightsUnavailableError(f"{e}{context}\n{how_to_get(spec)}") from None
-            return convert_into_cache(spec, dest, sha=sha, size=size, origin=source)
+            return convert_into_cache(
+                spec, dest, sha=sha, size=size, origin=source, validate=validate
+            )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _resolve(spec: WeightsSpec, *, progress: bool) -> Path:
+def _resolve(spec: WeightsSpec, *, progress: bool, validate: Validator | None) -> Path:
     """A local file holding the upstream state dict: a safetensors file (ours or the HF
     cache's) or, never, an unconverted pickle."""
     hit = cached_entry(spec.name)
@@ -183,15 +187,21 @@ def _resolve(spec: WeightsSpec, *, progress: bool) -> Path:
                 return path
             with cache_lock(cache_paths(spec.name)):
                 origin = f"hf-hub:{spec.hf_hub_id}/{filename}"
-                return convert_into_cache(spec, path, sha=None, size=None, origin=origin)
-    return _from_url(spec, progress=progress, context=context)
+                return convert_into_cache(
+                    spec, path, sha=None, size=None, origin=origin, validate=validate
+                )
+    return _from_url(spec, progress=progress, context=context, validate=validate)
 
 
 def load_pretrained_state_dict(
-    spec: WeightsSpec, *, progress: bool = True
+    spec: WeightsSpec, *, progress: bool = True, validate: Validator | None = None
 ) -> dict[str, torch.Tensor]:
-    """The upstream (unadapted) state dict of a weights spec (see the module docstring)."""
-    path = _resolve(spec, progress=progress)
+    """The upstream (unadapted) state dict of a weights spec (see the module docstring).
+
+    ``validate(state_dict)`` runs on a downloaded file before it is converted into the cache
+    and may raise to refuse it (the factory checks keys and shapes), so a wrong file is
+    never cached."""
+    path = _resolve(spec, progress=progress, validate=validate)
     if path.suffix == ".safetensors":
         return load_file(str(path), device="cpu")
     return read_checkpoint(path)
@@ -211,7 +221,7 @@ def fetch(
     against the architecture), and converted (no network).
     """
     if from_file is None:
-        return _resolve(spec, progress=progress)
+        return _resolve(spec, progress=progress, validate=validate)
     src = Path(from_file).expanduser()
     if not src.is_file():
         raise FileNotFoundError(f"--from file not found: {src}")

@@ -7,6 +7,7 @@ HU, ``D`` inferior -> superior, ``H`` anterior -> posterior, ``W`` patient right
 """
 
 from . import transforms
+from .contract import InputTransform, transforms_for
 from .dataset import CTDataset, read_manifest
 from .dicom import (
     DicomSeriesError,
@@ -27,6 +28,7 @@ __all__ = [
     "CTVolume",
     "DicomSeriesError",
     "GantryTiltWarning",
+    "InputTransform",
     "NonUniformSpacingWarning",
     "PrepareResult",
     "SkippedFileWarning",
@@ -42,4 +44,5 @@ __all__ = [
     "slice_windows",
     "stack_windows",
     "transforms",
+    "transforms_for",
 ]

@@ -2,6 +2,8 @@
 
 from . import (  # noqa: F401
     ct_fm,
+    genesis,
+    medicalnet,
     merlin,
     penet,
     pv_mvit,
