@@ -1,6 +1,6 @@
 """``ct3dzoo demo``: the whole library end to end on a synthetic chest-CT phantom, on CPU.
 
-1. writes a small phantom dataset (:func:`ct3dzoo.data.synthetic.make_phantom_dataset`) as
+1. writes a small phantom dataset (:func:`ct3dzoo.phantom.make_phantom_dataset`) as
    DICOM series and NIfTI files: half the cases hold a lung nodule;
 2. reads it back with the real readers through :class:`ct3dzoo.data.CTDataset` (training
    cases from DICOM, validation cases from NIfTI), resamples and applies the lung window;
@@ -135,7 +135,7 @@ def demo(
         window: HU window preset or ``(centre, width)``.
         nodule_radius_mm: range of the nodule radius of positive cases.
         lung_vessel_hu: contrast of the small lung vessels in the phantoms
-            (:func:`~ct3dzoo.data.synthetic.make_chest_phantom`; 750 there by default, 300
+            (:func:`~ct3dzoo.phantom.make_chest_phantom`; 750 there by default, 300
             here: a smoother lung in which the nodule is what stands out).
         crop: fraction of the in-plane field of view kept (centre crop, 0.75 = the central
             270 of 360 mm, which holds both lungs): volumes are resampled to
@@ -156,7 +156,7 @@ def demo(
 
     import ct3dzoo
     from ct3dzoo.data import CTDataset, read_manifest, transforms
-    from ct3dzoo.data.synthetic import make_phantom_dataset
+    from ct3dzoo.phantom import make_phantom_dataset
 
     def say(msg: str) -> None:
         if verbose:

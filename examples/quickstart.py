@@ -16,9 +16,9 @@ import torch
 
 import ct3dzoo
 from ct3dzoo.data import apply_window, read_volume, resample
-from ct3dzoo.data.synthetic import make_phantom_dataset
 from ct3dzoo.demo import DEFAULTS, demo
 from ct3dzoo.errors import WeightsUnavailableError
+from ct3dzoo.phantom import make_phantom_dataset
 
 TINY = {"n_cases": 12, "n_val": 4, "epochs": 1, "size": (8, 32, 32), "phantom_shape": (16, 64, 64)}
 
