@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for i in range(args.repeats):
         print(f"--- run {i + 1}/{args.repeats}", flush=True)
-        runs.append(run_once(args.extra))
+        r = run_once(args.extra)
+        runs.append(r)
+        print(f"run {i + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
     print("\n| run | wall s | vs 60 s | train s | val AUROC | vs 0.9 | folder MB | vs 100 MB "
           "| process wrote MB | load 1-min before / after |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")

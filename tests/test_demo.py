@@ -51,10 +51,10 @@ def test_demo_result_and_files(tiny_run: tuple[dict[str, Any], str]) -> None:
     assert 0.0 <= s["val_auroc"] <= 1.0 and math.isfinite(s["val_auroc"])
     assert s["val_auroc"] == s["history"][-1]["val_auroc"]
     # the phantom data set, written by the real writers and read back: training cases as
-    # DICOM series, held-out validation cases (their own seed) as NIfTI, masks beside them
+    # NIfTI, held-out validation cases (their own seed) as DICOM series, masks beside them
     train, val = out / "data" / "train", out / "data" / "val"
-    assert len(list((train / "dicom").iterdir())) == 8 and not (train / "nifti").exists()
-    assert len(list((val / "nifti").glob("*.nii.gz"))) == 4 and not (val / "dicom").exists()
+    assert len(list((train / "nifti").glob("*.nii.gz"))) == 8 and not (train / "dicom").exists()
+    assert len(list((val / "dicom").iterdir())) == 4 and not (val / "nifti").exists()
     assert len(list((train / "masks").glob("*.nii.gz"))) == 8
     seeds = {c["seed"] for c in json.loads((train / "cases.json").read_text())}
     assert not seeds & {c["seed"] for c in json.loads((val / "cases.json").read_text())}
