@@ -400,3 +400,27 @@ def test_dataset_without_masks(tmp_path: Path) -> None:
     make_phantom_dataset(tmp_path, n=2, seed=1, shape=(8, 32, 32), formats=("nifti",), masks=False)
     assert not (tmp_path / "masks").exists()
     assert all(c["mask"] is None for c in _cases(tmp_path / "manifest.csv"))
+
+
+# ---------------------------------------------------------------------------- layering
+
+
+def test_phantom_sits_above_data() -> None:
+    """ct3dzoo.data never imports the phantom (also not inside functions); the phantom's
+    modules stay small."""
+    import ast
+
+    import ct3dzoo.data
+    import ct3dzoo.phantom
+
+    for path in Path(ct3dzoo.data.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any("phantom" in n or "synthetic" in n for n in names), (path, names)
+    for path in Path(ct3dzoo.phantom.__file__).parent.glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 400, path
