@@ -59,7 +59,7 @@ def bench(arch: str, repeats: int, device: str) -> dict:
         def load_upstream():
             from torchvision.models import video as tvv
 
-            if cfg["source"] == "torchvision":
+            if cfg.publisher == "torchvision":
                 m = getattr(tvv, arch)(weights=None)
             else:
                 from pytorchvideo.models import hub as pvh
@@ -75,8 +75,8 @@ def bench(arch: str, repeats: int, device: str) -> dict:
         model = load_ours().eval().to(device)
     upstream = upstream.to(device)
     x = native_input(arch).to(device)
-    mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1, 1)
-    std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1, 1)
+    mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1, 1)
+    std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1, 1)
 
     def up_forward():
         rgb = (x.repeat(1, 3, 1, 1, 1) - mean) / std
@@ -89,7 +89,7 @@ def bench(arch: str, repeats: int, device: str) -> dict:
         t_ours, t_up, r_fwd = _paired_times(lambda: model(x), up_forward, repeats, sync)
     return {
         "arch": arch,
-        "size": "x".join(map(str, cfg["input_size"][1:])),
+        "size": "x".join(map(str, cfg.input_size[1:])),
         "fwd_ours": t_ours,
         "fwd_up": t_up,
         "load_ours": t_load_ours,
@@ -101,8 +101,8 @@ def bench(arch: str, repeats: int, device: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     video = [a for a in ct3dzoo.list_models()
-             if ct3dzoo.get_pretrained_cfg(a)["source"] in ("torchvision", "pytorchvideo")
-             and not ct3dzoo.get_pretrained_cfg(a)["upstream_arch"]]  # fmt: skip
+             if ct3dzoo.get_pretrained_cfg(a).publisher in ("torchvision", "pytorchvideo")
+             and not ct3dzoo.get_pretrained_cfg(a).upstream_arch]  # fmt: skip
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--archs", nargs="*", default=video)
     p.add_argument("--repeats", type=int, default=5)

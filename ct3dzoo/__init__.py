@@ -4,23 +4,23 @@
 >>> model = ct3dzoo.load("slowfast_r50", pretrain="kinetics", num_classes=1)
 
 Models take ``(B, in_chans, D, H, W)`` float volumes, HU already windowed to [0, 1].
+``import ct3dzoo`` is light: torch and the model families load on first use of a name below.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from ._builder import create_model, load
-from ._model import CTModel
-from ._registry import get_pretrained_cfg, list_models, list_pretrained
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "CTModel",
     "FinetuneResult",
     "__version__",
     "create_model",
+    "errors",
+    "fetch",
     "finetune",
     "get_pretrained_cfg",
     "list_models",
@@ -28,18 +28,30 @@ __all__ = [
     "load",
     "predict",
 ]
-_LAZY_MODULES = ("data", "viz", "train")
+_LAZY_MODULES = ("data", "errors", "phantom", "viz", "train")
+#: public name -> the module that defines it (imported on first access)
+_LAZY_NAMES = {
+    "create_model": "._factory",
+    "load": "._factory",
+    "fetch": "._factory",
+    "CTModel": "._model",
+    "get_pretrained_cfg": "._registry",
+    "list_models": "._registry",
+    "list_pretrained": "._registry",
+    "finetune": ".train",
+    "predict": ".train",
+    "FinetuneResult": ".train",
+}
 
 
-def __getattr__(name: str) -> Any:  # lazy: keep `import ct3dzoo` light
+def __getattr__(name: str) -> Any:  # PEP 562: keep `import ct3dzoo` light
     if name in _LAZY_MODULES:
-        import importlib
-
         return importlib.import_module(f".{name}", __name__)
-    if name in ("finetune", "predict", "FinetuneResult"):
-        from . import train
-
-        return getattr(train, name)
+    if name in _LAZY_NAMES:
+        importlib.import_module("._factory", __name__)  # registers every family first
+        value = getattr(importlib.import_module(_LAZY_NAMES[name], __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'ct3dzoo' has no attribute {name!r}")
 
 

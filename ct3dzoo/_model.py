@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -9,6 +11,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import _publish
+from ._specs import WeightsSpec
+from .adapt import FoldedStemConv
 from .heads import AttentionPool, ClassifierHead, HeadSpec, create_fc
 
 __all__ = ["CTModel", "run_blocks", "run_blocks_thw"]
@@ -73,7 +78,7 @@ class CTModel(nn.Module):
         feature_dim: int | Sequence[int],
         num_features: int,
         default_pool: nn.Module,
-        pretrained_cfg: dict[str, Any],
+        spec: WeightsSpec | None,
         min_size: Sequence[int] = (1, 1, 1),
         fixed_size: Sequence[int] | None = None,
         size_divisor: Sequence[int] = (1, 1, 1),
@@ -85,12 +90,17 @@ class CTModel(nn.Module):
         self.feature_dim = feature_dim
         self.num_features = num_features
         self.drop_rate = drop_rate
-        self.pretrained_cfg = dict(pretrained_cfg)
+        #: the weights spec this model was built for (None: an arch without weights)
+        self.pretrained_cfg: WeightsSpec | None = spec
         self.min_size = tuple(min_size)
         self.fixed_size = None if fixed_size is None else tuple(fixed_size)
         self.size_divisor = tuple(size_divisor)
         self.stem_names = tuple(stem_names)
         self.grad_checkpointing = False
+        #: check each input for NaN/inf and for values far outside the contract (see
+        #: :meth:`check_values`)
+        self.value_checks = True
+        self._warned_range = False
         self._default_pool = (default_pool,)  # a tuple: not registered twice as a submodule
         self.pre_logits: nn.Module = nn.Identity()
         self.head = self._make_head(head, num_classes)
@@ -128,7 +138,7 @@ class CTModel(nn.Module):
     # --------------------------------------------------------------- forward
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error when ``x`` is not ``(B, in_chans, D, H, W)`` of a usable size."""
-        name = self.pretrained_cfg.get("arch", type(self).__name__)
+        name = self.arch or type(self).__name__
         expected = f"(B, {self.in_chans}, D, H, W)"
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} expects a torch.Tensor {expected}, got {type(x).__name__}")
@@ -172,6 +182,40 @@ class CTModel(nn.Module):
                 f"{'x'.join(map(str, dhw))}"
             )
 
+    def check_values(self, x: torch.Tensor) -> None:
+        """Raise on NaN/inf voxels; warn once per model when values are far outside what the
+        weights expect (e.g. raw HU fed to a model that takes [0, 1]).
+
+        One reduction and one host sync per call; set ``model.value_checks = False`` to skip
+        (skipped under ``torch.compile`` too).
+        """
+        if not self.value_checks or x.numel() == 0 or x.is_meta or torch.compiler.is_compiling():
+            return
+        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            n_nan = int(torch.isnan(x).sum())
+            n_inf = int(torch.isinf(x).sum())
+            raise ValueError(
+                f"{self.arch or type(self).__name__}: the input has {n_nan} NaN and {n_inf} "
+                f"infinite voxel(s) of {x.numel()}; fix them before the model (e.g. "
+                "torch.nan_to_num, or check the reader and the resampling)"
+            )
+        zscore = (
+            self.pretrained_cfg is not None and self.pretrained_cfg.input_contract.kind == "zscore"
+        )
+        allowed = (-50.0, 50.0) if zscore else (-1.0, 2.0)
+        if (lo < allowed[0] or hi > allowed[1]) and not self._warned_range:
+            self._warned_range = True
+            expect = "z-scores" if zscore else "values in [0, 1]"
+            warnings.warn(
+                f"{self.arch or type(self).__name__} got values in [{lo:g}, {hi:g}] but expects "
+                f"{expect}: this looks like raw HU; window it first "
+                "(ct3dzoo.data.apply_window, or ct3dzoo.data.transforms_for(model)). "
+                "This warning is shown once per model.",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def adapt_upstream_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Family hook: rename/resample upstream tensors (upstream key names) for this model's
         size, e.g. position embeddings. The default is the identity."""
@@ -187,9 +231,20 @@ class CTModel(nn.Module):
     def forward_features(self, x: torch.Tensor) -> Any:
         """The unpooled feature map: ``(B, C, T', H', W')`` for CNNs and Swin, ``(B, 1 + N, C)``
         tokens (class token first, after the final norm) for MViT, a list of two maps for
-        SlowFast."""
+        SlowFast.
+
+        ``x`` of another float dtype (float64, float16) is cast to the model's parameter dtype
+        (outside autocast); NaN/inf voxels raise (:meth:`check_values`)."""
         self.check_input(x)
+        self.check_values(x)
+        dtype = self._param_dtype()
+        if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+            x = x.to(dtype)  # float64/float16 input: computed in the model's own dtype
         return self._forward_features(x)
+
+    def _param_dtype(self) -> torch.dtype | None:
+        p = next(self.parameters(), None)
+        return None if p is None else p.dtype
 
     def forward_head(self, features: Any, pre_logits: bool = False) -> torch.Tensor:
         """Pool the features; return ``(B, num_features)`` pre-logits or ``(B, num_classes)``."""
@@ -214,20 +269,14 @@ class CTModel(nn.Module):
         return [self.get_submodule(n) for n in self.stem_names]
 
     def stem_convs(self) -> Iterator[tuple[str, nn.Module]]:
-        from .adapt import FoldedStemConv
-
         for name, m in self.named_modules():
             if isinstance(m, FoldedStemConv):
                 yield name, m
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> Any:
         """Write ``config.json``, ``model.safetensors`` and a README model card."""
-        from . import _hub
-
-        return _hub.save_pretrained(self, save_directory, **kwargs)
+        return _publish.save_pretrained(self, save_directory, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Upload what :meth:`save_pretrained` writes to a Hugging Face Hub repo."""
-        from . import _hub
-
-        return _hub.push_to_hub(self, repo_id, **kwargs)
+        return _publish.push_to_hub(self, repo_id, **kwargs)

@@ -1,13 +1,18 @@
-"""Architecture registry and pretrained-weight table (one row per ``arch.tag``)."""
+"""The registry: two pure tables, architecture name -> builder, ``arch.tag`` -> weights spec.
+
+Family modules fill them at import (``ct3dzoo.models``); this module imports nothing above
+it, so it never builds or imports a network itself.
+"""
 
 from __future__ import annotations
 
-import copy
 import difflib
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from ._specs import WeightsSpec
 
 __all__ = [
     "ArchSpec",
@@ -16,31 +21,32 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "register_model",
-    "register_pretrained",
+    "register_weights",
+    "resolve_tag",
     "split_name",
 ]
-
-#: keys every pretrained cfg row carries (see :func:`get_pretrained_cfg`)
-CFG_KEYS = (
-    "arch", "tag", "url", "file_format", "filename", "hash_prefix", "sha256", "hf_hub_id",
-    "mean", "std", "input_size", "stem", "classifier", "num_classes", "dataset", "source",
-    "license", "citation", "paper", "notes", "upstream_arch", "url_info",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """A registered architecture: its builder, family and default weights tag."""
+    """A registered architecture: its builder, family, default weights tag and the
+    ``pretrain=`` aliases that mean that tag (``"kinetics"``, ``"imagenet"``, ...).
+
+    ``size_args``: True when the builder takes ``num_slices``/``image_size`` (its parameters
+    depend on the input size, e.g. MViT position embeddings); other builders never see them.
+    """
 
     name: str
     builder: Callable[..., Any]
     family: str
     default_tag: str | None
     pretrain_aliases: tuple[str, ...] = ("kinetics",)
+    size_args: bool = False
+    doc: str = ""
 
 
 _ARCHS: dict[str, ArchSpec] = {}
-_CFGS: dict[str, dict[str, Any]] = {}
+_WEIGHTS: dict[str, WeightsSpec] = {}
 
 
 def register_model(
@@ -49,37 +55,32 @@ def register_model(
     family: str,
     default_tag: str | None,
     aliases: tuple[str, ...] = ("kinetics",),
+    size_args: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``builder(**kwargs) -> CTModel`` under ``name``."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _ARCHS:
             raise ValueError(f"architecture {name!r} registered twice")
-        _ARCHS[name] = ArchSpec(name, fn, family, default_tag, aliases)
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        _ARCHS[name] = ArchSpec(name, fn, family, default_tag, aliases, size_args, doc)
         return fn
 
     return deco
 
 
-def register_pretrained(rows: dict[str, dict[str, Any]]) -> None:
-    """Add ``{"arch.tag": cfg}`` rows; missing keys are filled with ``None``."""
-    for full, row in rows.items():
-        arch, _, tag = full.partition(".")
-        if not tag:
-            raise ValueError(f"pretrained rows are named arch.tag, got {full!r}")
-        cfg = {k: None for k in CFG_KEYS}
-        cfg.update(row)
-        cfg.update(arch=arch, tag=tag)
-        _CFGS[full] = cfg
-
-
-def _ensure_loaded() -> None:
-    from . import models  # noqa: F401  (registers every family on import)
+def register_weights(*specs: WeightsSpec) -> None:
+    """Add weights rows (each a :class:`~ct3dzoo._specs.WeightsSpec`)."""
+    for spec in specs:
+        if not isinstance(spec, WeightsSpec):
+            raise TypeError(f"register_weights takes WeightsSpec rows, got {type(spec).__name__}")
+        if spec.name in _WEIGHTS:
+            raise ValueError(f"weights {spec.name!r} registered twice")
+        _WEIGHTS[spec.name] = spec
 
 
 def _nearest(name: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.0)
-    return ", ".join(close)
+    return ", ".join(difflib.get_close_matches(name, candidates, n=3, cutoff=0.0))
 
 
 def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:
@@ -87,28 +88,26 @@ def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:
 
     ``pretrained=True`` keeps only architectures with at least one weights tag.
     """
-    _ensure_loaded()
     names = [n for n in _ARCHS if fnmatch.fnmatchcase(n, pattern)]
     if pretrained:
-        with_w = {k.partition(".")[0] for k in _CFGS}
+        with_w = {w.arch for w in _WEIGHTS.values()}
         names = [n for n in names if n in with_w]
     return sorted(names)
 
 
 def list_pretrained(pattern: str = "*") -> list[str]:
     """Sorted ``arch.tag`` names of known weights matching ``pattern``."""
-    _ensure_loaded()
-    return sorted(k for k in _CFGS if fnmatch.fnmatchcase(k, pattern))
+    return sorted(k for k in _WEIGHTS if fnmatch.fnmatchcase(k, pattern))
 
 
 def split_name(name: str) -> tuple[str, str | None]:
+    """``"arch.tag"`` -> ``("arch", "tag")``; ``"arch"`` -> ``("arch", None)``."""
     arch, _, tag = name.partition(".")
     return arch, (tag or None)
 
 
 def get_arch(name: str) -> ArchSpec:
     """The :class:`ArchSpec` of ``name``; unknown names raise with the three nearest."""
-    _ensure_loaded()
     spec = _ARCHS.get(name)
     if spec is None:
         raise ValueError(
@@ -119,33 +118,31 @@ def get_arch(name: str) -> ArchSpec:
 
 
 def resolve_tag(arch: str, tag: str | None) -> str | None:
-    """Map an alias (``"kinetics"``, ``"imagenet"``) or ``None`` to the arch's default tag."""
+    """Map an alias (``"kinetics"``, ``"imagenet"``, ...) or ``None`` to the default tag."""
     spec = get_arch(arch)
     if tag is None or tag in spec.pretrain_aliases:
         return spec.default_tag
     return tag
 
 
-def get_pretrained_cfg(name: str) -> dict[str, Any]:
-    """The weights cfg of ``arch`` (its default weights) or ``arch.tag``.
+def tags_of(arch: str) -> list[str]:
+    """The weights tags registered for ``arch``."""
+    return sorted(w.tag for w in _WEIGHTS.values() if w.arch == arch)
 
-    Keys: arch, tag, url, file_format (``torchvision`` state dict, ``pytorchvideo``
-    ``{"model_state": ...}``, ``penet``), filename, hash_prefix / sha256 (when published),
-    hf_hub_id, mean, std, input_size ``(C, T, H, W)`` (native clip), stem (input conv
-    layer names in the upstream's naming), classifier (upstream key prefixes of the source
-    classifier), num_classes (source classes), dataset, source, license, citation, paper,
-    notes. Returns a copy.
-    """
+
+def get_pretrained_cfg(name: str) -> WeightsSpec:
+    """The :class:`~ct3dzoo._specs.WeightsSpec` of ``arch`` (its default weights) or
+    ``arch.tag``; unknown tags raise with the nearest known ones."""
     arch, tag = split_name(name)
     spec = get_arch(arch)
     tag = resolve_tag(arch, tag)
     key = f"{arch}.{tag}"
-    if tag is None or key not in _CFGS:
-        known = [k for k in _CFGS if k.startswith(arch + ".")]
+    if tag is None or key not in _WEIGHTS:
+        known = [f"{arch}.{t}" for t in tags_of(arch)]
         if not known:
             raise ValueError(f"{spec.name} has no pretrained weights registered")
         raise ValueError(
             f"unknown weights {name!r}; nearest: {_nearest(key, known)}. "
             "ct3dzoo.list_pretrained() lists them all."
         )
-    return copy.deepcopy(_CFGS[key])
+    return _WEIGHTS[key]

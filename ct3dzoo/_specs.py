@@ -261,6 +261,23 @@ class ModelOptions:
     def help(cls, name: str) -> str:
         return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
+    @classmethod
+    def cli_kwargs(cls, name: str) -> dict[str, Any]:
+        """``argparse.add_argument`` keywords for option ``name`` (default, help, type), so a
+        command line never restates a default."""
+        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        kw: dict[str, Any] = {
+            "default": f.default,
+            "help": f"{f.metadata['help']} (default {f.default})",
+        }
+        if name in ("num_classes", "in_chans", "num_slices"):
+            kw["type"] = int
+        elif name == "drop_rate":
+            kw["type"] = float
+        elif name == "image_size":
+            kw.update(type=int, nargs="+", metavar=("H", "W"))
+        return kw
+
     def is_default(self, name: str) -> bool:
         value, default = getattr(self, name), self.default(name)
         return value is default or (isinstance(value, (int, float, str)) and value == default)

@@ -89,8 +89,8 @@ def _load_model(
         try:
             model = ct3dzoo.load(arch, pretrain=pretrain, progress=progress, **kw)
             cfg = ct3dzoo.get_pretrained_cfg(f"{arch}.{model.model_config['tag']}")
-            name = f"{cfg['arch']}.{cfg['tag']}"
-            say(f"weights: {name} ({cfg.get('dataset') or 'Kinetics'}), adapted to 1 channel")
+            name = f"{cfg.arch}.{cfg.tag}"
+            say(f"weights: {name} ({cfg.dataset or 'Kinetics'}), adapted to 1 channel")
             return model, name
         except WeightsUnavailableError as e:
             reason = str(e).strip().splitlines()[0]

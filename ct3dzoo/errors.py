@@ -14,6 +14,7 @@ __all__ = [
     "HashMismatchError",
     "NonUniformSpacingWarning",
     "NotACheckpointError",
+    "SingleClassValidationWarning",
     "UnsafeCheckpointError",
     "UnverifiedWeightsWarning",
     "WeightsUnavailableError",
@@ -57,3 +58,8 @@ class NonUniformSpacingWarning(UserWarning):
 
 class UnverifiedWeightsWarning(UserWarning):
     """Weights were cached without a published hash to check them against."""
+
+
+class SingleClassValidationWarning(UserWarning):
+    """The validation labels hold one class only (for some or all labels): AUROC and AUPRC
+    are undefined there; with none defined, ``finetune`` monitors the validation loss."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -78,8 +77,8 @@ def model_rows() -> list[dict[str, str]]:
     for arch in ct3dzoo.list_models():
         spec = get_arch(arch)
         tags = [k.partition(".")[2] for k in ct3dzoo.list_pretrained(f"{arch}.*")]
-        cfg = ct3dzoo.get_pretrained_cfg(arch) if tags else {}
-        native = tuple(cfg["input_size"][1:]) if cfg.get("input_size") else None
+        cfg = ct3dzoo.get_pretrained_cfg(arch) if tags else None
+        native = tuple(cfg.input_size[1:]) if cfg and cfg.input_size else None
         model = _build(arch, None)
         params = sum(p.numel() for p in model.parameters())
         macs_native = count_macs(model, native) if native else None
@@ -100,11 +99,16 @@ def model_rows() -> list[dict[str, str]]:
                 "Native clip (TxHxW)": _fmt_size(native),
                 "GFLOPs native": "-" if macs_native is None else f"{macs_native / 1e9:.1f}",
                 "Weights tags": tag_txt or "-",
-                "Source": str(cfg.get("source") or "-"),
-                "Licence": str(cfg.get("license") or "-").replace("|", "/"),
+                "Pretraining source": _SOURCE[cfg.pretrain_source] if cfg else "-",
+                "Input contract": cfg.input_contract.kind if cfg else "-",
+                "Publisher": str(cfg.publisher or "-") if cfg else "-",
+                "Licence": str(cfg.license or "-").replace("|", "/") if cfg else "-",
             }
         )
     return rows
+
+
+_SOURCE = {"video": "video", "imagenet": "ImageNet", "ct": "in-domain CT"}
 
 
 def render_table(rows: list[dict[str, str]]) -> str:
@@ -142,7 +146,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a table is stale")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", category=FutureWarning)  # pytorchvideo's jit.script
     table = render_table(model_rows())
     stale = []
     for path, (old, new) in updated_files(table).items():

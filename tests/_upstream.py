@@ -12,7 +12,7 @@ import ct3dzoo
 def build_upstream(arch: str) -> nn.Module:
     """The upstream RGB model with random (perturbed) weights, in eval mode."""
     cfg = ct3dzoo.get_pretrained_cfg(arch)
-    if cfg["source"] == "torchvision":
+    if cfg.publisher == "torchvision":
         model = getattr(tvv, arch)(weights=None)
     else:
         from pytorchvideo.models import hub as pvh
@@ -32,7 +32,7 @@ def build_upstream(arch: str) -> nn.Module:
 
 def native_input(arch: str, batch: int = 1, seed: int = 0) -> torch.Tensor:
     """A grey volume in [0, 1] at the arch's native clip size: ``(B, 1, T, H, W)``."""
-    _, t, h, w = ct3dzoo.get_pretrained_cfg(arch)["input_size"]
+    _, t, h, w = ct3dzoo.get_pretrained_cfg(arch).input_size
     g = torch.Generator().manual_seed(seed)
     return torch.rand(batch, 1, t, h, w, generator=g)
 
@@ -42,8 +42,8 @@ def normalize_rgb(x: torch.Tensor, arch: str) -> torch.Tensor:
     cfg = ct3dzoo.get_pretrained_cfg(arch)
     if x.shape[1] == 1:
         x = x.repeat(1, 3, 1, 1, 1)
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1, 1)
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1, 1)
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1, 1)
     return (x - mean) / std
 
 
@@ -55,7 +55,7 @@ def upstream_pre_logits(model: nn.Module, arch: str, x: torch.Tensor) -> torch.T
     if arch.startswith("slowfast"):
         idx = torch.linspace(0, x.shape[2] - 1, x.shape[2] // 4).long()
         inp = [rgb.index_select(2, idx), rgb]
-    classifier = model.get_submodule(cfg["classifier"][0])
+    classifier = model.get_submodule(cfg.classifier[0])
     seen: list[torch.Tensor] = []
     hook = classifier.register_forward_hook(lambda m, a, o: seen.append(a[0]))
     try:
@@ -72,7 +72,7 @@ def upstream_pre_logits(model: nn.Module, arch: str, x: torch.Tensor) -> torch.T
 def save_upstream(model: nn.Module, arch: str, path) -> None:
     """Save in the upstream's own published format."""
     sd = model.state_dict()
-    if ct3dzoo.get_pretrained_cfg(arch)["file_format"] == "pytorchvideo":
+    if ct3dzoo.get_pretrained_cfg(arch).file_format == "pytorchvideo":
         torch.save({"model_state": sd}, path)
     else:
         torch.save(sd, path)

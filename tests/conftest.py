@@ -3,6 +3,7 @@ upstream hosts (download.pytorch.org, dl.fbaipublicfiles.com) and the Hugging Fa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import socket
@@ -25,6 +26,7 @@ import torch  # noqa: E402
 
 import ct3dzoo  # noqa: E402
 from ct3dzoo import _registry  # noqa: E402
+from ct3dzoo._specs import WeightsSpec  # noqa: E402
 
 _ENV_VARS = (
     "CT3DZOO_MIRROR",
@@ -272,16 +274,16 @@ def make_pytorchvideo_file(folder: Path, arch: str = "x3d_xs") -> UpstreamFile:
     )
 
 
-def _patch_row(monkeypatch: pytest.MonkeyPatch, name: str, **changes: Any) -> dict[str, Any]:
+def _patch_row(monkeypatch: pytest.MonkeyPatch, name: str, **changes: Any) -> WeightsSpec:
     """Change registry row ``name`` for this test (e.g. its url/hash_prefix to match a
     generated file: the real prefixes belong to the real files)."""
     ct3dzoo.list_models()  # registers the families
-    row = {**_registry._CFGS[name], **changes}
-    monkeypatch.setitem(_registry._CFGS, name, row)
-    return dict(row)
+    row = dataclasses.replace(_registry._WEIGHTS[name], **changes)
+    monkeypatch.setitem(_registry._WEIGHTS, name, row)
+    return row
 
 
-def _point_row_at(monkeypatch: pytest.MonkeyPatch, f: UpstreamFile, host: str) -> dict[str, Any]:
+def _point_row_at(monkeypatch: pytest.MonkeyPatch, f: UpstreamFile, host: str) -> WeightsSpec:
     """Make ``f``'s registry row name ``host + f.url_path`` (hash prefix from its name for
     torchvision files, no hash for pytorchvideo ones)."""
     torchvision_style = f.filename.endswith(".pth")

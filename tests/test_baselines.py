@@ -22,7 +22,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _norm(x: torch.Tensor, cfg: dict) -> torch.Tensor:
     shape = (1, 3) + (1,) * (x.ndim - 2)
-    return (x - torch.tensor(cfg["mean"]).view(shape)) / torch.tensor(cfg["std"]).view(shape)
+    return (x - torch.tensor(cfg.mean).view(shape)) / torch.tensor(cfg.std).view(shape)
 
 
 def _save_penet_checkpoint(sd: dict, path: Path) -> None:
@@ -37,9 +37,9 @@ def _save_penet_checkpoint(sd: dict, path: Path) -> None:
 
 def test_penet_is_registered_with_kinetics600_default():
     cfg = ct3dzoo.get_pretrained_cfg("penet")
-    assert cfg["tag"] == "kinetics600" and cfg["num_classes"] == 600
-    assert cfg["url"] is None and cfg["filename"] == "xnet_kin_90.pth.tar"
-    assert "stanfordmedicine.box.com" in cfg["url_info"]
+    assert cfg.tag == "kinetics600" and cfg.num_classes == 600
+    assert cfg.url is None and cfg.filename == "xnet_kin_90.pth.tar"
+    assert "stanfordmedicine.box.com" in cfg.url_info
 
 
 def test_penet_kinetics_without_cache_says_where_to_get_it(tmp_path, monkeypatch):
@@ -85,7 +85,7 @@ def test_penet_reference_logits_through_load(tmp_path):
     cfg = rgb_model.pretrained_cfg
     inp = recipe.make_input((1, 3, 24, 64, 64))
     # ct3dzoo models normalise internally: feed the volume whose normalisation is the input
-    x3 = inp * torch.tensor(cfg["std"]).view(1, 3, 1, 1, 1) + torch.tensor(cfg["mean"]).view(
+    x3 = inp * torch.tensor(cfg.std).view(1, 3, 1, 1, 1) + torch.tensor(cfg.mean).view(
         1, 3, 1, 1, 1
     )
     with torch.no_grad():
@@ -171,10 +171,10 @@ def test_2d_pretrain_aliases(monkeypatch):
         seen["cfg"] = cfg
         return {k: v for k, v in tvm.resnet18(weights=None).state_dict().items()}
 
-    monkeypatch.setattr("ct3dzoo._weights.load_pretrained_state_dict", fake)
+    monkeypatch.setattr("ct3dzoo._io.weights.load_pretrained_state_dict", fake)
     model = ct3dzoo.load("resnet18_2d", pretrain="imagenet", num_classes=1000)
-    assert seen["cfg"]["tag"] == "imagenet1k_v1"
-    assert seen["cfg"]["url"] == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert seen["cfg"].tag == "imagenet1k_v1"
+    assert seen["cfg"].url == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
     assert model.model_config["pretrain"] == "resnet18_2d.imagenet1k_v1"
     with pytest.raises(
         ValueError, match="resnet18_2d has no Kinetics weights: use pretrain='imagenet'"

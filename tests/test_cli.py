@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import ct3dzoo
-from ct3dzoo._weights import cache_paths
+from ct3dzoo._io.cache import cache_paths
 from ct3dzoo.cli import main
 
 TV_HOST = "https://download.pytorch.org"

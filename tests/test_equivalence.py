@@ -21,8 +21,8 @@ from torch import nn
 import ct3dzoo
 from ct3dzoo.adapt import FoldedStemConv, fold_stem_weight
 
-VIDEO = [a for a in ct3dzoo.list_models() if ct3dzoo.get_pretrained_cfg(a)["source"]
-         in ("torchvision", "pytorchvideo") and not ct3dzoo.get_pretrained_cfg(a)["upstream_arch"]]  # fmt: skip
+VIDEO = [a for a in ct3dzoo.list_models() if ct3dzoo.get_pretrained_cfg(a).publisher
+         in ("torchvision", "pytorchvideo") and not ct3dzoo.get_pretrained_cfg(a).upstream_arch]  # fmt: skip
 TOL = 1e-5  # relative to the feature norm
 
 
@@ -37,7 +37,7 @@ def test_grey_equivalence_at_native_size(arch, tmp_path):
     x = native_input(arch)
     ref = upstream_pre_logits(upstream, arch, x)
     path = tmp_path / (
-        "w.pyth" if "pytorchvideo" in ct3dzoo.get_pretrained_cfg(arch)["source"] else "w.pth"
+        "w.pyth" if "pytorchvideo" in ct3dzoo.get_pretrained_cfg(arch).publisher else "w.pth"
     )
     save_upstream(upstream, arch, path)
     del upstream

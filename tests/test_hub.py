@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file
 
 import ct3dzoo
-from ct3dzoo import _hub
 
 
 def _x(in_chans: int = 1, seed: int = 0, size=(8, 32, 32)) -> torch.Tensor:
@@ -59,7 +58,7 @@ def test_save_pretrained_local_dir_round_trip_identical(arch, kw, tmp_path):
 def test_config_and_model_card_contents(tmp_path, tv_file):
     model = ct3dzoo.load("mc3_18", pretrain=str(tv_file.path), num_classes=0)
     model.model_config["pretrain"] = "mc3_18.kinetics400"
-    out = _hub.save_pretrained(model, tmp_path, windows=["pe"])
+    out = model.save_pretrained(tmp_path, windows=["pe"])
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == "mc3_18"
     assert config["model_config"] == {**model.model_config, "arch_kwargs": {}}
@@ -89,8 +88,8 @@ def test_custom_head_needs_opt_in_and_head_on_load(tmp_path):
         model.save_pretrained(tmp_path)
     model.save_pretrained(tmp_path, allow_custom_head=True)
     with pytest.raises(ValueError, match="custom head; pass the same module or factory as head="):
-        _hub.load_from_ref(f"local-dir:{tmp_path}")
-    again = _hub.load_from_ref(f"local-dir:{tmp_path}", head=factory).eval()
+        ct3dzoo.load(f"local-dir:{tmp_path}")
+    again = ct3dzoo.load(f"local-dir:{tmp_path}", head=factory).eval()
     with torch.no_grad():
         assert torch.equal(model(_x()), again(_x()))
 
@@ -99,13 +98,13 @@ def test_load_overrides(tmp_path):
     model = _perturb(ct3dzoo.load("mc3_18", pretrain=None, num_classes=3))
     model.save_pretrained(tmp_path)
     ref = f"local-dir:{tmp_path}"
-    two = _hub.load_from_ref(ref, num_classes=2).eval()  # new head, same backbone
+    two = ct3dzoo.load(ref, num_classes=2).eval()  # new head, same backbone
     assert two.num_classes == 2 and two.head.fc.out_features == 2
     with torch.no_grad():
         assert torch.equal(two.forward_features(_x()), model.forward_features(_x()))
     with pytest.raises(ValueError, match=r"saved with in_chans=1.*in_chans=3"):
-        _hub.load_from_ref(ref, in_chans=3)
-    assert _hub.load_from_ref(ref, in_chans=1).in_chans == 1  # same value: fine
+        ct3dzoo.load(ref, in_chans=3)
+    assert ct3dzoo.load(ref, in_chans=1).in_chans == 1  # same value: fine
 
 
 def test_bad_refs_and_options(tmp_path):
@@ -136,10 +135,10 @@ def test_hf_hub_load_through_huggingface_hub(tmp_path, http_server, hf_env, monk
     assert f"/someorg/mc3-ct/resolve/{commit}/model.safetensors" in gets
     assert again.model_config["loaded_from"] == "hf-hub:someorg/mc3-ct"
 
-    pinned = _hub.load_from_ref(f"hf-hub:someorg/mc3-ct@{commit}", progress=False)
+    pinned = ct3dzoo.load(f"hf-hub:someorg/mc3-ct@{commit}", progress=False)
     assert pinned.num_classes == 2
     with pytest.raises(ValueError, match="revision given twice"):
-        _hub.load_from_ref(f"hf-hub:someorg/mc3-ct@{commit}", revision="main")
+        ct3dzoo.load(f"hf-hub:someorg/mc3-ct@{commit}", revision="main")
 
     n = http_server.count()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # served from the HF cache, no request

@@ -39,12 +39,10 @@ def test_pretrained_cfg_is_complete(arch):
     cfg = ct3dzoo.get_pretrained_cfg(arch)
     for key in ("arch", "tag", "url", "file_format", "mean", "std", "input_size", "stem",
                 "num_classes", "license", "citation"):  # fmt: skip
-        assert cfg[key], f"{arch}: {key} missing"
-    assert cfg["arch"] == arch and len(cfg["input_size"]) == 4 and cfg["input_size"][0] == 3
-    assert len(cfg["mean"]) == len(cfg["std"]) == 3
-    assert cfg["url"].startswith(
-        ("https://download.pytorch.org/", "https://dl.fbaipublicfiles.com/")
-    )
+        assert getattr(cfg, key), f"{arch}: {key} missing"
+    assert cfg.arch == arch and len(cfg.input_size) == 4 and cfg.input_size[0] == 3
+    assert len(cfg.mean) == len(cfg.std) == 3
+    assert cfg.url.startswith(("https://download.pytorch.org/", "https://dl.fbaipublicfiles.com/"))
 
 
 def test_torchvision_facts_match_torchvision():
@@ -53,16 +51,16 @@ def test_torchvision_facts_match_torchvision():
 
     for full in ct3dzoo.list_pretrained():
         cfg = ct3dzoo.get_pretrained_cfg(full)
-        if cfg["source"] != "torchvision":
+        if cfg.publisher != "torchvision":
             continue
-        urls = {w.url: w for w in get_model_weights(cfg.get("upstream_arch") or cfg["arch"])}
-        assert cfg["url"] in urls, full
-        w = urls[cfg["url"]]
+        urls = {w.url: w for w in get_model_weights(cfg.upstream_arch or cfg.arch)}
+        assert cfg.url in urls, full
+        w = urls[cfg.url]
         tf = w.transforms()
-        assert tuple(cfg["mean"]) == pytest.approx(tuple(tf.mean), abs=1e-6), full
-        assert tuple(cfg["std"]) == pytest.approx(tuple(tf.std), abs=1e-6)
-        assert cfg["hash_prefix"] == cfg["url"].rsplit("-", 1)[1].split(".")[0]
-        assert cfg["num_classes"] == len(w.meta["categories"])
+        assert tuple(cfg.mean) == pytest.approx(tuple(tf.mean), abs=1e-6), full
+        assert tuple(cfg.std) == pytest.approx(tuple(tf.std), abs=1e-6)
+        assert cfg.hash_prefix == cfg.url.rsplit("-", 1)[1].split(".")[0]
+        assert cfg.num_classes == len(w.meta["categories"])
 
 
 def test_unknown_names_suggest_the_nearest():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,25 +18,23 @@ import torch
 from safetensors.torch import load_file
 
 import ct3dzoo
-from ct3dzoo import _weights
-from ct3dzoo._weights import (
-    HashMismatchError,
-    UnsafeCheckpointError,
-    WeightsUnavailableError,
-    cache_paths,
-    fetch,
-    load_pretrained_state_dict,
-    mirror_url,
-)
+from ct3dzoo._io.cache import cache_paths
+from ct3dzoo._io.checkpoint import read_checkpoint
+from ct3dzoo._io.settings import mirror_url
+from ct3dzoo._io.weights import load_pretrained_state_dict
+from ct3dzoo._specs import WeightsSpec
+from ct3dzoo.errors import HashMismatchError, UnsafeCheckpointError, WeightsUnavailableError
 
 TV_HOST = "https://download.pytorch.org"
 PV_HOST = "https://dl.fbaipublicfiles.com"
 
 
-def _tiny_cfg(url: str | None, **kw) -> dict:
-    """A cfg row for mechanics tests (the state dict is not loaded into a model)."""
-    return {"arch": "mc3_18", "tag": "kinetics400", "url": url, "filename": "tiny.pth",
-            "hash_prefix": None, "sha256": None, "hf_hub_id": None, **kw}  # fmt: skip
+def _tiny_cfg(url: str | None, **kw) -> WeightsSpec:
+    """A weights spec for mechanics tests (the state dict is not loaded into a model)."""
+    base = ct3dzoo.get_pretrained_cfg("mc3_18.kinetics400")
+    kw = {"url": url, "filename": "tiny.pth", "hash_prefix": None, "sha256": None,
+          "hf_hub_id": None, **kw}  # fmt: skip
+    return dataclasses.replace(base, **kw)
 
 
 def _tiny_body(seed: int = 0) -> bytes:
@@ -88,7 +87,7 @@ def test_torchvision_download_through_mirror_converts_and_caches(
     record = json.loads(paths.record.read_text())
     assert record["upstream_sha256"] == tv_file.sha256
     assert record["safetensors_sha256"] == hashlib.sha256(paths.weights.read_bytes()).hexdigest()
-    assert record["source_url"] == cfg["url"]
+    assert record["source_url"] == cfg.url
     assert record["fetched_from"] == http_server.base + tv_file.url_path
     assert record["hash_prefix"] == tv_file.sha256[:8]
     assert record["num_tensors"] == len(tv_file.state_dict)
@@ -141,7 +140,7 @@ def test_x3d_load_from_cache_matches_file(http_server, pv_file, point_row, monke
     http_server.serve(pv_file.url_path, pv_file.body)
     point_row(pv_file, PV_HOST)
     monkeypatch.setenv("CT3DZOO_MIRROR", http_server.base)
-    fetch("x3d_xs", progress=False)
+    ct3dzoo.fetch("x3d_xs", progress=False)
     http_server.stop()
     x = torch.rand(1, 1, 4, 64, 64, generator=torch.Generator().manual_seed(2))
     a = ct3dzoo.load("x3d_xs", num_classes=0, progress=False).eval()
@@ -261,7 +260,7 @@ def test_no_network_fails_fast_with_the_same_help(closed_port, tv_file, point_ro
     monkeypatch.setenv("CT3DZOO_MIRROR", f"http://127.0.0.1:{closed_port}")
     t0 = time.perf_counter()
     with pytest.raises(WeightsUnavailableError) as err:
-        fetch("mc3_18.kinetics400", progress=False)
+        ct3dzoo.fetch("mc3_18.kinetics400", progress=False)
     assert time.perf_counter() - t0 < 5
     msg = str(err.value)
     assert f"could not download http://127.0.0.1:{closed_port}{tv_file.url_path}" in msg
@@ -279,7 +278,7 @@ def test_unresponsive_host_times_out(silent_server, monkeypatch, _isolated_cache
 
 def test_row_without_url_says_where_to_get_the_file():
     cfg = _tiny_cfg(None, arch="penet", tag="kinetics600", filename="xnet_kin_90.pth.tar",
-                    source="Stanford Box folder: https://stanfordmedicine.box.com/s/abc")  # fmt: skip
+                    url_info="Stanford Box folder: https://stanfordmedicine.box.com/s/abc")  # fmt: skip
     with pytest.raises(WeightsUnavailableError) as err:
         load_pretrained_state_dict(cfg, progress=False)
     msg = str(err.value)
@@ -293,10 +292,10 @@ def test_fetch_from_file_offline_then_load(tv_file, point_row, monkeypatch, http
     point_row(tv_file, TV_HOST)
     monkeypatch.setenv("CT3DZOO_OFFLINE", "1")
     monkeypatch.setenv("CT3DZOO_MIRROR", http_server.base)
-    path = fetch("mc3_18", from_file=tv_file.path, progress=False)
+    path = ct3dzoo.fetch("mc3_18", from_file=tv_file.path, progress=False)
     assert path == cache_paths("mc3_18.kinetics400").weights
     assert json.loads(path.with_suffix(".json").read_text())["fetched_from"] == str(tv_file.path)
-    assert fetch("mc3_18", from_file=tv_file.path) == path  # same file again: no work
+    assert ct3dzoo.fetch("mc3_18", from_file=tv_file.path) == path  # same file again: no work
     sd = load_pretrained_state_dict(ct3dzoo.get_pretrained_cfg("mc3_18"), progress=False)
     assert _equal(sd, tv_file.state_dict)
     assert http_server.count() == 0
@@ -307,10 +306,10 @@ def test_fetch_from_wrong_file_rejected(tv_file, point_row, tmp_path, _isolated_
     wrong = tmp_path / tv_file.filename
     wrong.write_bytes(_tiny_body())
     with pytest.raises(HashMismatchError, match=tv_file.sha256[:8]):
-        fetch("mc3_18.kinetics400", from_file=wrong)
+        ct3dzoo.fetch("mc3_18.kinetics400", from_file=wrong)
     assert _entries(_isolated_cache) == []
     with pytest.raises(FileNotFoundError, match="not found"):
-        fetch("mc3_18.kinetics400", from_file=tmp_path / "missing.pth")
+        ct3dzoo.fetch("mc3_18.kinetics400", from_file=tmp_path / "missing.pth")
 
 
 # --------------------------------------------------------------------------- the Hub
@@ -344,8 +343,9 @@ def test_hf_hub_failure_falls_back_to_url(http_server, hf_env, monkeypatch):
 _CHILD = textwrap.dedent(
     """
     import json, sys
-    from ct3dzoo._weights import load_pretrained_state_dict
-    sd = load_pretrained_state_dict(json.loads(sys.argv[1]), progress=False)
+    from ct3dzoo._io.weights import load_pretrained_state_dict
+    from ct3dzoo._specs import WeightsSpec
+    sd = load_pretrained_state_dict(WeightsSpec.from_dict(json.loads(sys.argv[1])), progress=False)
     print(sorted(sd), float(sd["w"].sum()))
     """
 )
@@ -353,7 +353,7 @@ _CHILD = textwrap.dedent(
 
 def test_two_processes_loading_at_once_both_succeed(http_server, _isolated_cache):
     url = http_server.serve("/tiny.pth", _tiny_body(), delay=1.5)
-    cfg = json.dumps(_tiny_cfg(url))
+    cfg = json.dumps(_tiny_cfg(url).to_dict())
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     procs = [
@@ -380,4 +380,4 @@ def test_two_processes_loading_at_once_both_succeed(http_server, _isolated_cache
 def test_read_checkpoint_unchanged(tmp_path):
     p = tmp_path / "m.pth"
     torch.save({"model_state": {"module.a": torch.ones(1)}}, p)
-    assert _weights.read_checkpoint(p)["a"].item() == 1.0
+    assert read_checkpoint(p)["a"].item() == 1.0

@@ -6,7 +6,6 @@ import csv
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._io.atomic import atomic_path
 from .geometry import resample
 from .io import read_volume
 from .volume import CTVolume
@@ -176,15 +176,9 @@ class CTDataset(Dataset):
 
 
 def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write via a temp file in the same folder + `os.replace` (safe with many workers)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write through ``write(fh)`` atomically (safe with many workers filling one cache)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:

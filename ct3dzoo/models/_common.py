@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
+from .._specs import WeightsSpec, window_contract
 from ..adapt import FoldedStemConv
 
-__all__ = ["cfg_row", "fold_stems", "replace_submodule"]
+__all__ = ["fold_stems", "replace_submodule", "weights_row"]
 
 #: pytorchvideo's (and MViT's) Kinetics normalisation
 PV_MEAN = (0.45, 0.45, 0.45)
@@ -23,28 +23,25 @@ def replace_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
-def fold_stems(
-    backbone: nn.Module,
-    names: Sequence[str],
-    *,
-    in_chans: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> None:
-    """Replace each RGB stem ``Conv3d`` in ``backbone`` by an exact :class:`FoldedStemConv`."""
-    for name in names:
+def fold_stems(backbone: nn.Module, spec: WeightsSpec, *, in_chans: int) -> None:
+    """Replace each RGB stem conv named in ``spec.stem`` by an exact :class:`FoldedStemConv`
+    with ``spec.mean``/``spec.std`` (the row is the one place these facts live)."""
+    for name in spec.stem:
         conv = backbone.get_submodule(name)
         replace_submodule(
-            backbone, name, FoldedStemConv(conv, in_chans=in_chans, mean=mean, std=std)
+            backbone, name, FoldedStemConv(conv, in_chans=in_chans, mean=spec.mean, std=spec.std)
         )
 
 
-def cfg_row(**kw: Any) -> dict[str, Any]:
-    """A pretrained cfg row: ``filename`` from the URL and, for torchvision files (named
-    ``name-<sha256 prefix>.pth``), the published ``hash_prefix``."""
+def weights_row(name: str, **kw: Any) -> WeightsSpec:
+    """A :class:`WeightsSpec` named ``arch.tag``: ``filename`` from the URL and, for
+    torchvision files (named ``name-<sha256 prefix>.pth``), the published ``hash_prefix``.
+    Video and ImageNet rows take the user's HU window (``window_contract``) unless given."""
+    arch, _, tag = name.partition(".")
     url = kw.get("url")
     if url:
         kw.setdefault("filename", url.rsplit("/", 1)[-1])
         if kw.get("file_format") == "torchvision":
             kw.setdefault("hash_prefix", kw["filename"].rsplit("-", 1)[-1].split(".")[0])
-    return kw
+    kw.setdefault("input_contract", window_contract())
+    return WeightsSpec(arch=arch, tag=tag, **kw)

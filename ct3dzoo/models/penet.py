@@ -304,36 +304,42 @@ class PENet(nn.Module):
 
 # --------------------------------------------------------------------------- ct3dzoo model
 from .._model import CTModel, run_blocks  # noqa: E402
-from .._registry import register_model, register_pretrained  # noqa: E402
+from .._registry import register_model, register_weights  # noqa: E402
+from .._specs import WeightsSpec, window_contract  # noqa: E402
 from ..heads import AvgPool  # noqa: E402
 from ._common import fold_stems  # noqa: E402
 
-register_pretrained(
-    {
-        "penet.kinetics600": {
-            "url": None,
-            "url_info": PENET_CFG["source"],
-            "file_format": "penet",
-            "filename": PENET_CFG["file_name"],
-            "mean": PENET_CFG["mean"],
-            "std": PENET_CFG["std"],
-            "input_size": PENET_CFG["input_size"],
-            "stem": ("in_conv.0",),
-            "classifier": ("classifier.fc",),
-            "num_classes": 600,
-            "dataset": "Kinetics-600",
-            "source": "penet",
-            "license": PENET_CFG["license"],
-            "citation": PENET_CFG["citation"],
-            "paper": "https://doi.org/10.1038/s41746-020-0266-y",
-            "notes": (
-                "No stable download URL: get xnet_kin_90.pth.tar from the Stanford Box folder "
-                "linked in https://github.com/marshuang80/penet, then "
-                "`ct3dzoo fetch penet.kinetics600 --from xnet_kin_90.pth.tar` or "
-                "load('penet', pretrain='xnet_kin_90.pth.tar')."
-            ),
-        }
-    }
+register_weights(
+    WeightsSpec(
+        arch=PENET_CFG["arch"],
+        tag=PENET_CFG["tag"],
+        pretrain_source="video",
+        file_format="penet",
+        input_contract=window_contract(
+            "Kinetics-600 pretraining; upstream's own CT finetuning clipped HU to "
+            "[-100, 900] (the paper's PE window)"
+        ),
+        url=PENET_CFG["url"],
+        url_info=PENET_CFG["source"],
+        filename=PENET_CFG["file_name"],
+        mean=PENET_CFG["mean"],
+        std=PENET_CFG["std"],
+        input_size=PENET_CFG["input_size"],
+        stem=(PENET_CFG["stem"],),
+        classifier=(PENET_CFG["classifier"],),
+        num_classes=PENET_CFG["num_classes"],
+        dataset=PENET_CFG["dataset"],
+        publisher="penet",
+        license=PENET_CFG["license"],
+        citation=PENET_CFG["citation"],
+        paper="https://doi.org/10.1038/s41746-020-0266-y",
+        notes=(
+            "No stable download URL: get xnet_kin_90.pth.tar from the Stanford Box folder "
+            "linked in https://github.com/marshuang80/penet, then "
+            "`ct3dzoo fetch penet.kinetics600 --from xnet_kin_90.pth.tar` or "
+            "load('penet', pretrain='xnet_kin_90.pth.tar')."
+        ),
+    )
 )
 
 
@@ -341,7 +347,7 @@ class PENetCT(CTModel):
     """PENet adapted to CT: stem ``in_conv.0`` folded with the Kinetics-600 mean/std."""
 
     def __init__(
-        self, *, in_chans: int, pretrained_cfg: dict, drop_path_rate: float = 0.5, **kw
+        self, *, in_chans: int, spec: WeightsSpec | None, drop_path_rate: float = 0.5, **kw
     ) -> None:
         head_kw = {k: kw.pop(k) for k in ("num_classes", "head", "drop_rate")}
         super().__init__(
@@ -349,13 +355,13 @@ class PENetCT(CTModel):
             feature_dim=2048,
             num_features=2048,
             default_pool=AvgPool(),
-            pretrained_cfg=pretrained_cfg,
+            spec=spec,
             stem_names=("backbone.in_conv",),
             **head_kw,
         )
         net = PENet(in_chans=3, num_classes=0, drop_path_rate=drop_path_rate, **kw)
         del net.classifier
-        fold_stems(net, ["in_conv.0"], in_chans=in_chans, mean=_KINETICS_MEAN, std=_KINETICS_STD)
+        fold_stems(net, spec, in_chans=in_chans)
         self.backbone = net
 
     def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -366,6 +372,6 @@ class PENetCT(CTModel):
 
 
 @register_model("penet", family="penet", default_tag="kinetics600")
-def penet(*, num_slices=None, image_size=None, **kw) -> PENetCT:
+def penet(**kw) -> PENetCT:
     """PENet (Huang et al. 2020), Kinetics-600 weights; fine-tuned on 24x192x192 CTPA windows."""
     return PENetCT(**kw)

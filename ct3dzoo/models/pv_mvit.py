@@ -12,39 +12,35 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pytorchvideo.models import hub as pvh
-from pytorchvideo.models.hub.vision_transformers import (
-    mvit_video_base_32x3_config,
-    mvit_video_base_config,
-)
-from pytorchvideo.models.vision_transformers import create_multiscale_vision_transformers
 
 from .._model import CTModel, run_blocks_thw
-from .._registry import register_model, register_pretrained
+from .._registry import register_model, register_weights
+from .._specs import WeightsSpec
 from ..adapt import resample_pos_embed_1d, resample_pos_embed_2d
 from ..heads import ClsTokenPool
-from ._common import PV_MEAN, PV_STD, fold_stems
+from ._common import fold_stems
+from ._pytorchvideo import create_multiscale_vision_transformers
+from ._pytorchvideo import hub_vision_transformers as pv_vit
 from .pv_resnet import pv_row
 
-_ = pvh  # the hub module defines the configs imported above
 _CITE = (
     "Fan, Xiong, Mangalam, Li, Yan, Malik, Feichtenhofer. Multiscale Vision Transformers. "
     "ICCV 2021."
 )
 _ROWS = {
-    "mvit_base_16x4.kinetics400": pv_row(
-        "MVIT_B_16x4.pyth", frames=16, crop=224, head_block=0, citation=_CITE,
+    "mvit_base_16x4.kinetics400": dict(
+        file="MVIT_B_16x4.pyth", frames=16, crop=224, head_block=0, citation=_CITE,
         paper="https://arxiv.org/abs/2104.11227", notes="Kinetics-400 top-1 78.9; 16x4 setting.",
     ),
-    "mvit_base_32x3.kinetics400": pv_row(
-        "MVIT_B_32x3_f294077834.pyth", frames=32, crop=224, head_block=0, citation=_CITE,
+    "mvit_base_32x3.kinetics400": dict(
+        file="MVIT_B_32x3_f294077834.pyth", frames=32, crop=224, head_block=0, citation=_CITE,
         paper="https://arxiv.org/abs/2104.11227", notes="Kinetics-400 top-1 80.3; 32x3 setting.",
     ),
 }  # fmt: skip
-for _row in _ROWS.values():
-    _row["stem"] = ("patch_embed.patch_model",)
-    _row["classifier"] = ("head.proj",)
-register_pretrained(_ROWS)
+register_weights(*(
+    pv_row(name, **kw, stem=("patch_embed.patch_model",), classifier=("head.proj",))
+    for name, kw in _ROWS.items()
+))  # fmt: skip
 
 
 class PVMViT(CTModel):
@@ -57,7 +53,7 @@ class PVMViT(CTModel):
         config: dict,
         *,
         in_chans: int,
-        pretrained_cfg: dict,
+        spec: WeightsSpec | None,
         num_slices: int | None,
         image_size: tuple[int, int] | None,
         **kw: Any,
@@ -77,13 +73,13 @@ class PVMViT(CTModel):
             feature_dim=dim,
             num_features=dim,
             default_pool=ClsTokenPool(),
-            pretrained_cfg=pretrained_cfg,
+            spec=spec,
             stem_names=("backbone.patch_embed",),
             fixed_size=size,
             min_size=(2, 32, 32),
             **head_kw,
         )
-        fold_stems(net, ["patch_embed.patch_model"], in_chans=in_chans, mean=PV_MEAN, std=PV_STD)
+        fold_stems(net, spec, in_chans=in_chans)
         self.backbone = net
 
     def adapt_upstream_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -109,13 +105,13 @@ class PVMViT(CTModel):
         return b.norm_embed(x)
 
 
-@register_model("mvit_base_16x4", family="pv_mvit", default_tag="kinetics400")
+@register_model("mvit_base_16x4", family="pv_mvit", default_tag="kinetics400", size_args=True)
 def mvit_base_16x4(**kw: Any) -> PVMViT:
     """MViT-B 16x4 (36.6M parameters); native clip 16x224x224."""
-    return PVMViT(mvit_video_base_config, **kw)
+    return PVMViT(pv_vit.mvit_video_base_config, **kw)
 
 
-@register_model("mvit_base_32x3", family="pv_mvit", default_tag="kinetics400")
+@register_model("mvit_base_32x3", family="pv_mvit", default_tag="kinetics400", size_args=True)
 def mvit_base_32x3(**kw: Any) -> PVMViT:
     """MViT-B 32x3 (36.6M parameters) — the paper's MViT-B; native clip 32x224x224."""
-    return PVMViT(mvit_video_base_32x3_config, **kw)
+    return PVMViT(pv_vit.mvit_video_base_32x3_config, **kw)

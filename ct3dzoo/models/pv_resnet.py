@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pytorchvideo.models import hub as pvh
 
 from .._model import CTModel, run_blocks
-from .._registry import register_model, register_pretrained
+from .._registry import register_model, register_weights
+from .._specs import WeightsSpec
 from ..heads import AvgPool
-from ._common import PV_LICENSE, PV_MEAN, PV_STD, cfg_row, fold_stems
+from ._common import PV_LICENSE, PV_MEAN, PV_STD, fold_stems, weights_row
+from ._pytorchvideo import hub as pvh
 
 _ZOO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
 _SLOWFAST_CITE = (
@@ -26,20 +27,33 @@ _SLOWFAST_CITE = (
 
 
 def pv_row(
-    file: str, *, frames: int, crop: int, head_block: int, citation: str, paper: str, notes: str
-) -> dict[str, Any]:
+    name: str,
+    *,
+    file: str,
+    frames: int,
+    crop: int,
+    stem: tuple[str, ...],
+    head_block: int,
+    citation: str,
+    paper: str,
+    notes: str,
+    classifier: tuple[str, ...] | None = None,
+) -> WeightsSpec:
     """A pytorchvideo Kinetics-400 model-zoo row (no published hash: sha256 recorded on
     first download)."""
-    return cfg_row(
+    return weights_row(
+        name,
         url=f"{_ZOO}/{file}",
+        stem=stem,
         file_format="pytorchvideo",
         mean=PV_MEAN,
         std=PV_STD,
         input_size=(3, frames, crop, crop),
-        classifier=(f"blocks.{head_block}.proj",),
+        classifier=classifier or (f"blocks.{head_block}.proj",),
         num_classes=400,
         dataset="Kinetics-400",
-        source="pytorchvideo",
+        publisher="pytorchvideo",
+        pretrain_source="video",
         license=PV_LICENSE,
         citation=citation,
         paper=paper,
@@ -48,33 +62,33 @@ def pv_row(
 
 
 _ROWS = {
-    "slow_r50.kinetics400": pv_row(
-        "SLOW_8x8_R50.pyth", frames=8, crop=224, head_block=5, citation=_SLOWFAST_CITE,
+    "slow_r50.kinetics400": dict(
+        file="SLOW_8x8_R50.pyth", frames=8, crop=224, head_block=5, citation=_SLOWFAST_CITE,
         paper="https://arxiv.org/abs/1812.03982", notes="Kinetics-400 top-1 74.58; 8x8 setting.",
     ),
-    "c2d_r50.kinetics400": pv_row(
-        "C2D_8x8_R50.pyth", frames=8, crop=224, head_block=6,
+    "c2d_r50.kinetics400": dict(
+        file="C2D_8x8_R50.pyth", frames=8, crop=224, head_block=6,
         citation="Wang, Girshick, Gupta, He. Non-local Neural Networks. CVPR 2018.",
         paper="https://arxiv.org/abs/1711.07971", notes="Kinetics-400 top-1 71.46; 8x8 setting.",
     ),
-    "i3d_r50.kinetics400": pv_row(
-        "I3D_8x8_R50.pyth", frames=8, crop=224, head_block=6,
+    "i3d_r50.kinetics400": dict(
+        file="I3D_8x8_R50.pyth", frames=8, crop=224, head_block=6,
         citation=(
             "Carreira, Zisserman. Quo Vadis, Action Recognition? A New Model and the Kinetics "
             "Dataset. CVPR 2017."
         ),
         paper="https://arxiv.org/abs/1705.07750", notes="Kinetics-400 top-1 73.27; 8x8 setting.",
     ),
-    "r2plus1d_r50.kinetics400": pv_row(
-        "R2PLUS1D_16x4_R50.pyth", frames=16, crop=224, head_block=5,
+    "r2plus1d_r50.kinetics400": dict(
+        file="R2PLUS1D_16x4_R50.pyth", frames=16, crop=224, head_block=5,
         citation=(
             "Tran, Wang, Torresani, Ray, LeCun, Paluri. A Closer Look at Spatiotemporal "
             "Convolutions for Action Recognition. CVPR 2018."
         ),
         paper="https://arxiv.org/abs/1711.11248", notes="Kinetics-400 top-1 76.01; 16x4 setting.",
     ),
-    "csn_r101.kinetics400": pv_row(
-        "CSN_32x2_R101.pyth", frames=32, crop=224, head_block=5,
+    "csn_r101.kinetics400": dict(
+        file="CSN_32x2_R101.pyth", frames=32, crop=224, head_block=5,
         citation=(
             "Tran, Wang, Torresani, Feiszli. Video Classification with Channel-Separated "
             "Convolutional Networks. ICCV 2019."
@@ -82,9 +96,7 @@ _ROWS = {
         paper="https://arxiv.org/abs/1904.02811", notes="Kinetics-400 top-1 77.0; 32x2 setting.",
     ),
 }  # fmt: skip
-for _row in _ROWS.values():
-    _row["stem"] = ("blocks.0.conv",)
-register_pretrained(_ROWS)
+register_weights(*(pv_row(name, **kw, stem=("blocks.0.conv",)) for name, kw in _ROWS.items()))
 
 
 class PVResNet(CTModel):
@@ -95,7 +107,7 @@ class PVResNet(CTModel):
         builder,
         *,
         in_chans: int,
-        pretrained_cfg: dict,
+        spec: WeightsSpec | None,
         min_size=(1, 32, 32),
         **kw: Any,
     ) -> None:
@@ -105,21 +117,21 @@ class PVResNet(CTModel):
             feature_dim=2048,
             num_features=2048,
             default_pool=AvgPool(),
-            pretrained_cfg=pretrained_cfg,
+            spec=spec,
             stem_names=("backbone.blocks.0",),
             min_size=min_size,
             **head_kw,
         )
         net = builder(pretrained=False, **kw)
         del net.blocks[-1]
-        fold_stems(net, ["blocks.0.conv"], in_chans=in_chans, mean=PV_MEAN, std=PV_STD)
+        fold_stems(net, spec, in_chans=in_chans)
         self.backbone = net
 
     def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return run_blocks(list(self.backbone.blocks), x, self.grad_checkpointing)
 
 
-def _build(builder, num_slices, image_size, **kw):  # sizes are free: pools are global
+def _build(builder, **kw):  # sizes are free: pools are global
     return PVResNet(builder, **kw)
 
 

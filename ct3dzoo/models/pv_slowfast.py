@@ -13,31 +13,30 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pytorchvideo.models import hub as pvh
 
 from .._model import CTModel, run_blocks
-from .._registry import register_model, register_pretrained
+from .._registry import register_model, register_weights
+from .._specs import WeightsSpec
 from ..heads import MultiPathwayAvgPool
-from ._common import PV_MEAN, PV_STD, fold_stems
+from ._common import fold_stems
+from ._pytorchvideo import hub as pvh
 from .pv_resnet import _SLOWFAST_CITE, pv_row
 
 ALPHA = 4
 _STEMS = ("blocks.0.multipathway_blocks.0.conv", "blocks.0.multipathway_blocks.1.conv")
 _ROWS = {
-    "slowfast_r50.kinetics400": pv_row(
-        "SLOWFAST_8x8_R50.pyth", frames=32, crop=224, head_block=6, citation=_SLOWFAST_CITE,
+    "slowfast_r50.kinetics400": dict(
+        file="SLOWFAST_8x8_R50.pyth", frames=32, crop=224, head_block=6, citation=_SLOWFAST_CITE,
         paper="https://arxiv.org/abs/1812.03982",
         notes="Kinetics-400 top-1 76.94; 8x8 setting (slow 8 of 32 frames).",
     ),
-    "slowfast_r101.kinetics400": pv_row(
-        "SLOWFAST_8x8_R101.pyth", frames=32, crop=224, head_block=6, citation=_SLOWFAST_CITE,
+    "slowfast_r101.kinetics400": dict(
+        file="SLOWFAST_8x8_R101.pyth", frames=32, crop=224, head_block=6, citation=_SLOWFAST_CITE,
         paper="https://arxiv.org/abs/1812.03982",
         notes="Kinetics-400 top-1 77.90; 8x8 setting (slow 8 of 32 frames).",
     ),
 }  # fmt: skip
-for _row in _ROWS.values():
-    _row["stem"] = _STEMS
-register_pretrained(_ROWS)
+register_weights(*(pv_row(name, **kw, stem=_STEMS) for name, kw in _ROWS.items()))
 
 
 def slow_indices(num_slices: int, alpha: int = ALPHA, device=None) -> torch.Tensor:
@@ -50,14 +49,14 @@ class PVSlowFast(CTModel):
 
     feature_format = "pathways"
 
-    def __init__(self, builder, *, in_chans: int, pretrained_cfg: dict, **kw: Any) -> None:
+    def __init__(self, builder, *, in_chans: int, spec: WeightsSpec | None, **kw: Any) -> None:
         head_kw = {k: kw.pop(k) for k in ("num_classes", "head", "drop_rate")}
         super().__init__(
             in_chans=in_chans,
             feature_dim=(2048, 256),
             num_features=2304,
             default_pool=MultiPathwayAvgPool(),
-            pretrained_cfg=pretrained_cfg,
+            spec=spec,
             stem_names=("backbone.blocks.0",),
             min_size=(ALPHA, 32, 32),
             size_divisor=(ALPHA, 1, 1),
@@ -66,7 +65,7 @@ class PVSlowFast(CTModel):
         net = builder(pretrained=False, **kw)
         del net.blocks[-1]  # dropout + proj
         del net.blocks[-1]  # fixed-size PoolConcatPathway
-        fold_stems(net, _STEMS, in_chans=in_chans, mean=PV_MEAN, std=PV_STD)
+        fold_stems(net, spec, in_chans=in_chans)
         self.backbone = net
 
     def _forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -74,7 +73,7 @@ class PVSlowFast(CTModel):
         return run_blocks(list(self.backbone.blocks), [slow, x], self.grad_checkpointing)
 
 
-def _build(builder, num_slices, image_size, **kw):
+def _build(builder, **kw):
     return PVSlowFast(builder, **kw)
 
 

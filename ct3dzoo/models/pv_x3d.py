@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pytorchvideo.models import hub as pvh
 from torch import nn
 
 from .._model import CTModel, run_blocks
-from .._registry import register_model, register_pretrained
+from .._registry import register_model, register_weights
+from .._specs import WeightsSpec
 from ..heads import AvgPool
-from ._common import PV_MEAN, PV_STD, fold_stems
+from ._common import fold_stems
+from ._pytorchvideo import hub as pvh
 from .pv_resnet import pv_row
 
 _CITE = "Feichtenhofer. X3D: Expanding Architectures for Efficient Video Recognition. CVPR 2020."
@@ -27,14 +28,14 @@ _PAPER = "https://arxiv.org/abs/2004.04730"
 _SIZES = {"x3d_xs": (4, 160, 69.12), "x3d_s": (13, 160, 73.33), "x3d_m": (16, 224, 75.94),
           "x3d_l": (16, 312, 77.44)}  # fmt: skip
 
-_ROWS = {}
-for _n, (_t, _c, _acc) in _SIZES.items():
-    _ROWS[f"{_n}.kinetics400"] = pv_row(
-        f"{_n.upper()}.pyth", frames=_t, crop=_c, head_block=5, citation=_CITE, paper=_PAPER,
+register_weights(*(
+    pv_row(
+        f"{_n}.kinetics400", file=f"{_n.upper()}.pyth", frames=_t, crop=_c,
+        stem=("blocks.0.conv.conv_t",), head_block=5, citation=_CITE, paper=_PAPER,
         notes=f"Kinetics-400 top-1 {_acc}; clip {_t}x{_c}x{_c}.",
-    )  # fmt: skip
-    _ROWS[f"{_n}.kinetics400"]["stem"] = ("blocks.0.conv.conv_t",)
-register_pretrained(_ROWS)
+    )
+    for _n, (_t, _c, _acc) in _SIZES.items()
+))  # fmt: skip
 
 
 class Lin5(nn.Module):
@@ -51,7 +52,7 @@ class Lin5(nn.Module):
 class PVX3D(CTModel):
     """pytorchvideo X3D adapted to CT (see module docstring)."""
 
-    def __init__(self, builder, *, in_chans: int, pretrained_cfg: dict, **kw: Any) -> None:
+    def __init__(self, builder, *, in_chans: int, spec: WeightsSpec | None, **kw: Any) -> None:
         head_kw = {k: kw.pop(k) for k in ("num_classes", "head", "drop_rate")}
         net = builder(pretrained=False, **kw)
         proj_pool = net.blocks[-1].pool
@@ -60,7 +61,7 @@ class PVX3D(CTModel):
             feature_dim=proj_pool.pre_conv.out_channels,
             num_features=proj_pool.post_conv.out_channels,
             default_pool=AvgPool(),
-            pretrained_cfg=pretrained_cfg,
+            spec=spec,
             stem_names=("backbone.blocks.0",),
             min_size=(1, 32, 32),
             **head_kw,
@@ -73,7 +74,7 @@ class PVX3D(CTModel):
             setattr(head5.pool, name, getattr(proj_pool, name))
         net.blocks[-1] = head5
         self.pre_logits = Lin5(proj_pool.post_conv)
-        fold_stems(net, ["blocks.0.conv.conv_t"], in_chans=in_chans, mean=PV_MEAN, std=PV_STD)
+        fold_stems(net, spec, in_chans=in_chans)
         self.backbone = net
 
     def upstream_key(self, key: str) -> str:
@@ -89,7 +90,7 @@ class PVX3D(CTModel):
         return p.pre_act(p.pre_norm(p.pre_conv(x)))
 
 
-def _build(builder, num_slices, image_size, **kw):
+def _build(builder, **kw):
     return PVX3D(builder, **kw)
 
 

@@ -21,9 +21,10 @@ from torch import nn
 from torchvision import models as tvm
 
 from .._model import CTModel, run_blocks
-from .._registry import register_model, register_pretrained
+from .._registry import register_model, register_weights
+from .._specs import WeightsSpec
 from ..heads import AttentionPool, AvgPool, ClassifierHead, create_fc
-from ._common import cfg_row, fold_stems
+from ._common import fold_stems, weights_row
 
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
@@ -43,13 +44,14 @@ _WEIGHTS = {
 }  # fmt: skip
 
 
-def _rows() -> dict[str, dict[str, Any]]:
-    rows = {}
+def _rows() -> list[WeightsSpec]:
+    rows = []
     for trunk, tags in _WEIGHTS.items():
         cite, paper = _RESNET if trunk == "resnet18" else _RESNEXT
         for arch in (f"{trunk}_2d", f"lrcn_{trunk}"):
             for tag, (url, acc) in tags.items():
-                rows[f"{arch}.{tag}"] = cfg_row(
+                rows.append(weights_row(
+                    f"{arch}.{tag}",
                     url=url,
                     file_format="torchvision",
                     upstream_arch=trunk,
@@ -60,16 +62,17 @@ def _rows() -> dict[str, dict[str, Any]]:
                     classifier=("fc",),
                     num_classes=1000,
                     dataset="ImageNet-1k",
-                    source="torchvision",
+                    publisher="torchvision",
+                    pretrain_source="imagenet",
                     license=_LICENSE,
                     citation=cite + (_LRCN if arch.startswith("lrcn") else ""),
                     paper=paper,
                     notes=f"ImageNet-1k acc@1 {acc} (torchvision); applied slice by slice.",
-                )
+                ))  # fmt: skip
     return rows
 
 
-register_pretrained(_rows())
+register_weights(*_rows())
 
 
 class SliceMaxPool(nn.Module):
@@ -130,15 +133,13 @@ class SliceNet2d(CTModel):
         trunk: str,
         *,
         in_chans: int,
-        pretrained_cfg: dict,
+        spec: WeightsSpec | None,
         lrcn: bool = False,
         slice_pool: str = "mean",
         gru_hidden: int = 256,
         **kw: Any,
     ) -> None:
         head_kw = {k: kw.pop(k) for k in ("num_classes", "head", "drop_rate")}
-        kw.pop("num_slices", None)
-        kw.pop("image_size", None)
         net = getattr(tvm, trunk)(weights=None, **kw)
         dim = net.fc.in_features
         self._lrcn = (dim, gru_hidden) if lrcn else None
@@ -148,13 +149,13 @@ class SliceNet2d(CTModel):
             feature_dim=dim,
             num_features=2 * gru_hidden if lrcn else dim,
             default_pool=pool,
-            pretrained_cfg=pretrained_cfg,
+            spec=spec,
             stem_names=("backbone.conv1", "backbone.bn1"),
             min_size=(1, 32, 32),
             **head_kw,
         )
         del net.fc, net.avgpool
-        fold_stems(net, ["conv1"], in_chans=in_chans, mean=_MEAN, std=_STD)
+        fold_stems(net, spec, in_chans=in_chans)
         self.backbone = net
         self.slice_pool = slice_pool
 

@@ -19,16 +19,18 @@ from torchvision.models import video as tvv
 from torchvision.models.video import mvit as tvmvit
 
 from .._model import CTModel, run_blocks_thw
-from .._registry import register_model, register_pretrained
+from .._registry import register_model, register_weights
+from .._specs import WeightsSpec
 from ..adapt import resample_pos_embed_1d, resample_pos_embed_2d
 from ..heads import ClsTokenPool
-from ._common import PV_MEAN, PV_STD, TV_LICENSE, cfg_row, fold_stems
+from ._common import PV_MEAN, PV_STD, TV_LICENSE, fold_stems, weights_row
 
 _NATIVE = (16, 224, 224)
 
 
-def _row(url: str, citation: str, paper: str, acc1: float) -> dict[str, Any]:
-    return cfg_row(
+def _row(name: str, url: str, citation: str, paper: str, acc1: float) -> WeightsSpec:
+    return weights_row(
+        name,
         url=url,
         file_format="torchvision",
         mean=PV_MEAN,
@@ -38,7 +40,8 @@ def _row(url: str, citation: str, paper: str, acc1: float) -> dict[str, Any]:
         classifier=("head.1",),
         num_classes=400,
         dataset="Kinetics-400",
-        source="torchvision",
+        publisher="torchvision",
+        pretrain_source="video",
         license=TV_LICENSE,
         citation=citation,
         paper=paper,
@@ -46,23 +49,23 @@ def _row(url: str, citation: str, paper: str, acc1: float) -> dict[str, Any]:
     )
 
 
-register_pretrained(
-    {
-        "mvit_v1_b.kinetics400": _row(
-            "https://download.pytorch.org/models/mvit_v1_b-dbeb1030.pth",
-            "Fan, Xiong, Mangalam, Li, Yan, Malik, Feichtenhofer. Multiscale Vision "
-            "Transformers. ICCV 2021.",
-            "https://arxiv.org/abs/2104.11227",
-            78.477,
-        ),
-        "mvit_v2_s.kinetics400": _row(
-            "https://download.pytorch.org/models/mvit_v2_s-ae3be167.pth",
-            "Li, Wu, Fan, Mangalam, Xiong, Malik, Feichtenhofer. MViTv2: Improved Multiscale "
-            "Vision Transformers for Classification and Detection. CVPR 2022.",
-            "https://arxiv.org/abs/2112.01526",
-            80.757,
-        ),
-    }
+register_weights(
+    _row(
+        "mvit_v1_b.kinetics400",
+        "https://download.pytorch.org/models/mvit_v1_b-dbeb1030.pth",
+        "Fan, Xiong, Mangalam, Li, Yan, Malik, Feichtenhofer. Multiscale Vision "
+        "Transformers. ICCV 2021.",
+        "https://arxiv.org/abs/2104.11227",
+        78.477,
+    ),
+    _row(
+        "mvit_v2_s.kinetics400",
+        "https://download.pytorch.org/models/mvit_v2_s-ae3be167.pth",
+        "Li, Wu, Fan, Mangalam, Xiong, Malik, Feichtenhofer. MViTv2: Improved Multiscale "
+        "Vision Transformers for Classification and Detection. CVPR 2022.",
+        "https://arxiv.org/abs/2112.01526",
+        80.757,
+    ),
 )
 
 
@@ -107,7 +110,7 @@ class TVMViT(CTModel):
         builder,
         *,
         in_chans: int,
-        pretrained_cfg: dict,
+        spec: WeightsSpec | None,
         num_slices: int | None,
         image_size: tuple[int, int] | None,
         **kw: Any,
@@ -127,14 +130,14 @@ class TVMViT(CTModel):
             feature_dim=dim,
             num_features=dim,
             default_pool=ClsTokenPool(),
-            pretrained_cfg=pretrained_cfg,
+            spec=spec,
             stem_names=("backbone.conv_proj",),
             fixed_size=size,
             min_size=(2, 32, 32),
             **head_kw,
         )
         del net.head
-        fold_stems(net, ["conv_proj"], in_chans=in_chans, mean=PV_MEAN, std=PV_STD)
+        fold_stems(net, spec, in_chans=in_chans)
         self.backbone = net
 
     def adapt_upstream_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -167,13 +170,13 @@ class TVMViT(CTModel):
         return b.norm(x)
 
 
-@register_model("mvit_v1_b", family="tv_mvit", default_tag="kinetics400")
+@register_model("mvit_v1_b", family="tv_mvit", default_tag="kinetics400", size_args=True)
 def mvit_v1_b(**kw: Any) -> TVMViT:
     """MViT-v1-B 16x4 (36.6M parameters); native clip 16x224x224."""
     return TVMViT(tvv.mvit_v1_b, **kw)
 
 
-@register_model("mvit_v2_s", family="tv_mvit", default_tag="kinetics400")
+@register_model("mvit_v2_s", family="tv_mvit", default_tag="kinetics400", size_args=True)
 def mvit_v2_s(**kw: Any) -> TVMViT:
     """MViT-v2-S (34.5M parameters); native clip 16x224x224."""
     return TVMViT(tvv.mvit_v2_s, **kw)

@@ -13,9 +13,10 @@ import torch
 from torchvision.models import video as tvv
 
 from .._model import CTModel, run_blocks
-from .._registry import register_model, register_pretrained
+from .._registry import register_model, register_weights
+from .._specs import WeightsSpec
 from ..heads import AvgPool
-from ._common import TV_LICENSE, cfg_row, fold_stems
+from ._common import TV_LICENSE, fold_stems, weights_row
 
 _MEAN = (0.43216, 0.394666, 0.37645)
 _STD = (0.22803, 0.22145, 0.216989)
@@ -25,8 +26,9 @@ _CITATION = (
 )
 
 
-def _row(url: str, acc1: float) -> dict[str, Any]:
-    return cfg_row(
+def _row(name: str, url: str, acc1: float) -> WeightsSpec:
+    return weights_row(
+        name,
         url=url,
         file_format="torchvision",
         mean=_MEAN,
@@ -36,7 +38,8 @@ def _row(url: str, acc1: float) -> dict[str, Any]:
         classifier=("fc",),
         num_classes=400,
         dataset="Kinetics-400",
-        source="torchvision",
+        publisher="torchvision",
+        pretrain_source="video",
         license=TV_LICENSE,
         citation=_CITATION,
         paper="https://arxiv.org/abs/1711.11248",
@@ -44,35 +47,33 @@ def _row(url: str, acc1: float) -> dict[str, Any]:
     )
 
 
-register_pretrained(
-    {
-        "r3d_18.kinetics400": _row("https://download.pytorch.org/models/r3d_18-b3b3357e.pth", 63.2),
-        "mc3_18.kinetics400": _row(
-            "https://download.pytorch.org/models/mc3_18-a90a0ba3.pth", 63.96
-        ),
-        "r2plus1d_18.kinetics400": _row(
-            "https://download.pytorch.org/models/r2plus1d_18-91a641e6.pth", 67.463
-        ),
-    }
+register_weights(
+    _row("r3d_18.kinetics400", "https://download.pytorch.org/models/r3d_18-b3b3357e.pth", 63.2),
+    _row("mc3_18.kinetics400", "https://download.pytorch.org/models/mc3_18-a90a0ba3.pth", 63.96),
+    _row(
+        "r2plus1d_18.kinetics400",
+        "https://download.pytorch.org/models/r2plus1d_18-91a641e6.pth",
+        67.463,
+    ),
 )
 
 
 class TVResNet3d(CTModel):
     """torchvision VideoResNet adapted to CT (see module docstring)."""
 
-    def __init__(self, builder, *, in_chans: int, pretrained_cfg: dict, **kw: Any) -> None:
+    def __init__(self, builder, *, in_chans: int, spec: WeightsSpec | None, **kw: Any) -> None:
         super().__init__(
             in_chans=in_chans,
             feature_dim=512,
             num_features=512,
             default_pool=AvgPool(),
-            pretrained_cfg=pretrained_cfg,
+            spec=spec,
             stem_names=("backbone.stem",),
             **{k: kw.pop(k) for k in ("num_classes", "head", "drop_rate")},
         )
         net = builder(weights=None, **kw)
         del net.fc, net.avgpool
-        fold_stems(net, ["stem.0"], in_chans=in_chans, mean=_MEAN, std=_STD)
+        fold_stems(net, spec, in_chans=in_chans)
         self.backbone = net
 
     def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,8 +83,8 @@ class TVResNet3d(CTModel):
         )
 
 
-def _build(builder, num_slices, image_size, pretrained_cfg, **kw):
-    return TVResNet3d(builder, pretrained_cfg=pretrained_cfg, **kw)
+def _build(builder, **kw):
+    return TVResNet3d(builder, **kw)
 
 
 @register_model("r3d_18", family="tv_resnet3d", default_tag="kinetics400")

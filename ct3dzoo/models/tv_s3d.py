@@ -14,55 +14,56 @@ import torch
 from torchvision.models import video as tvv
 
 from .._model import CTModel, run_blocks
-from .._registry import register_model, register_pretrained
+from .._registry import register_model, register_weights
+from .._specs import WeightsSpec
 from ..heads import TemporalPairAvgPool
-from ._common import TV_LICENSE, cfg_row, fold_stems
+from ._common import TV_LICENSE, fold_stems, weights_row
 
 _MEAN = (0.43216, 0.394666, 0.37645)
 _STD = (0.22803, 0.22145, 0.216989)
 
-register_pretrained(
-    {
-        "s3d.kinetics400": cfg_row(
-            url="https://download.pytorch.org/models/s3d-d76dad2f.pth",
-            file_format="torchvision",
-            mean=_MEAN,
-            std=_STD,
-            input_size=(3, 128, 224, 224),
-            stem=("features.0.0.0",),
-            classifier=("classifier.1",),
-            num_classes=400,
-            dataset="Kinetics-400",
-            source="torchvision",
-            license=TV_LICENSE,
-            citation=(
-                "Xie, Sun, Huang, Tu, Murphy. Rethinking Spatiotemporal Feature Learning: "
-                "Speed-Accuracy Trade-offs in Video Classification. ECCV 2018."
-            ),
-            paper="https://arxiv.org/abs/1712.04851",
-            notes="Kinetics-400 clip acc@1 68.368 (torchvision, clip_len=128); min 14 frames.",
-        )
-    }
+register_weights(
+    weights_row(
+        "s3d.kinetics400",
+        url="https://download.pytorch.org/models/s3d-d76dad2f.pth",
+        file_format="torchvision",
+        mean=_MEAN,
+        std=_STD,
+        input_size=(3, 128, 224, 224),
+        stem=("features.0.0.0",),
+        classifier=("classifier.1",),
+        num_classes=400,
+        dataset="Kinetics-400",
+        publisher="torchvision",
+        pretrain_source="video",
+        license=TV_LICENSE,
+        citation=(
+            "Xie, Sun, Huang, Tu, Murphy. Rethinking Spatiotemporal Feature Learning: "
+            "Speed-Accuracy Trade-offs in Video Classification. ECCV 2018."
+        ),
+        paper="https://arxiv.org/abs/1712.04851",
+        notes="Kinetics-400 clip acc@1 68.368 (torchvision, clip_len=128); min 14 frames.",
+    )
 )
 
 
 class TVS3D(CTModel):
     """torchvision S3D adapted to CT."""
 
-    def __init__(self, *, in_chans: int, pretrained_cfg: dict, **kw: Any) -> None:
+    def __init__(self, *, in_chans: int, spec: WeightsSpec | None, **kw: Any) -> None:
         super().__init__(
             in_chans=in_chans,
             feature_dim=1024,
             num_features=1024,
             default_pool=TemporalPairAvgPool(),
-            pretrained_cfg=pretrained_cfg,
+            spec=spec,
             stem_names=("backbone.features.0",),
             min_size=(5, 32, 32),  # its temporal max-pools need 5 frames
             **{k: kw.pop(k) for k in ("num_classes", "head", "drop_rate")},
         )
         net = tvv.s3d(weights=None, **kw)
         del net.avgpool, net.classifier
-        fold_stems(net, ["features.0.0.0"], in_chans=in_chans, mean=_MEAN, std=_STD)
+        fold_stems(net, spec, in_chans=in_chans)
         self.backbone = net
 
     def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,6 +71,6 @@ class TVS3D(CTModel):
 
 
 @register_model("s3d", family="tv_s3d", default_tag="kinetics400")
-def s3d(*, num_slices=None, image_size=None, **kw: Any) -> TVS3D:
+def s3d(**kw: Any) -> TVS3D:
     """S3D (8.3M parameters); native clip 128x224x224; needs D >= 5."""
     return TVS3D(**kw)

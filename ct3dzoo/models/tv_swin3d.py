@@ -16,18 +16,20 @@ from torch import nn
 from torchvision.models import video as tvv
 
 from .._model import CTModel, run_blocks
-from .._registry import register_model, register_pretrained
+from .._registry import register_model, register_weights
+from .._specs import WeightsSpec
 from ..adapt import FoldedStemConv
 from ..heads import AvgPool
-from ._common import TV_LICENSE, cfg_row
+from ._common import TV_LICENSE, weights_row
 
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 _CITATION = "Liu, Ning, Cao, Wei, Zhang, Lin, Hu. Video Swin Transformer. CVPR 2022."
 
 
-def _row(url: str, notes: str, dataset: str = "Kinetics-400") -> dict[str, Any]:
-    return cfg_row(
+def _row(name: str, url: str, notes: str, dataset: str = "Kinetics-400") -> WeightsSpec:
+    return weights_row(
+        name,
         url=url,
         file_format="torchvision",
         mean=_MEAN,
@@ -37,7 +39,8 @@ def _row(url: str, notes: str, dataset: str = "Kinetics-400") -> dict[str, Any]:
         classifier=("head",),
         num_classes=400,
         dataset=dataset,
-        source="torchvision",
+        publisher="torchvision",
+        pretrain_source="video",
         license=TV_LICENSE,
         citation=_CITATION,
         paper="https://arxiv.org/abs/2106.13230",
@@ -45,36 +48,38 @@ def _row(url: str, notes: str, dataset: str = "Kinetics-400") -> dict[str, Any]:
     )
 
 
-register_pretrained(
-    {
-        "swin3d_t.kinetics400": _row(
-            "https://download.pytorch.org/models/swin3d_t-7615ae03.pth",
-            "Kinetics-400 acc@1 77.715 (torchvision); ImageNet-1k init.",
-        ),
-        "swin3d_s.kinetics400": _row(
-            "https://download.pytorch.org/models/swin3d_s-da41c237.pth",
-            "Kinetics-400 acc@1 79.521 (torchvision); ImageNet-1k init.",
-        ),
-        "swin3d_b.kinetics400": _row(
-            "https://download.pytorch.org/models/swin3d_b_1k-24f7c7c6.pth",
-            "Kinetics-400 acc@1 79.427 (torchvision); ImageNet-1k init.",
-        ),
-        "swin3d_b.kinetics400_imagenet22k": _row(
-            "https://download.pytorch.org/models/swin3d_b_22k-7c6ae6fa.pth",
-            "Kinetics-400 acc@1 81.643 (torchvision); ImageNet-22k init.",
-            dataset="Kinetics-400 (ImageNet-22k init)",
-        ),
-    }
+register_weights(
+    _row(
+        "swin3d_t.kinetics400",
+        "https://download.pytorch.org/models/swin3d_t-7615ae03.pth",
+        "Kinetics-400 acc@1 77.715 (torchvision); ImageNet-1k init.",
+    ),
+    _row(
+        "swin3d_s.kinetics400",
+        "https://download.pytorch.org/models/swin3d_s-da41c237.pth",
+        "Kinetics-400 acc@1 79.521 (torchvision); ImageNet-1k init.",
+    ),
+    _row(
+        "swin3d_b.kinetics400",
+        "https://download.pytorch.org/models/swin3d_b_1k-24f7c7c6.pth",
+        "Kinetics-400 acc@1 79.427 (torchvision); ImageNet-1k init.",
+    ),
+    _row(
+        "swin3d_b.kinetics400_imagenet22k",
+        "https://download.pytorch.org/models/swin3d_b_22k-7c6ae6fa.pth",
+        "Kinetics-400 acc@1 81.643 (torchvision); ImageNet-22k init.",
+        dataset="Kinetics-400 (ImageNet-22k init)",
+    ),
 )
 
 
 class FoldedPatchEmbed3d(nn.Module):
     """Swin's patch embedding with the normalisation folded into ``proj`` exactly."""
 
-    def __init__(self, upstream: nn.Module, *, in_chans: int) -> None:
+    def __init__(self, upstream: nn.Module, *, in_chans: int, spec: WeightsSpec) -> None:
         super().__init__()
         self.patch_size = tuple(upstream.tuple_patch_size)
-        self.proj = FoldedStemConv(upstream.proj, in_chans=in_chans, mean=_MEAN, std=_STD)
+        self.proj = FoldedStemConv(upstream.proj, in_chans=in_chans, mean=spec.mean, std=spec.std)
         self.norm = upstream.norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +93,7 @@ class FoldedPatchEmbed3d(nn.Module):
 class TVSwin3d(CTModel):
     """torchvision SwinTransformer3d adapted to CT."""
 
-    def __init__(self, builder, *, in_chans: int, pretrained_cfg: dict, **kw: Any) -> None:
+    def __init__(self, builder, *, in_chans: int, spec: WeightsSpec | None, **kw: Any) -> None:
         net = builder(
             weights=None,
             **{k: v for k, v in kw.items() if k not in ("num_classes", "head", "drop_rate")},
@@ -98,14 +103,14 @@ class TVSwin3d(CTModel):
             feature_dim=net.num_features,
             num_features=net.num_features,
             default_pool=AvgPool(),
-            pretrained_cfg=pretrained_cfg,
+            spec=spec,
             stem_names=("backbone.patch_embed",),
             num_classes=kw["num_classes"],
             head=kw["head"],
             drop_rate=kw["drop_rate"],
         )
         del net.head, net.avgpool
-        net.patch_embed = FoldedPatchEmbed3d(net.patch_embed, in_chans=in_chans)
+        net.patch_embed = FoldedPatchEmbed3d(net.patch_embed, in_chans=in_chans, spec=spec)
         self.backbone = net
 
     def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +120,7 @@ class TVSwin3d(CTModel):
         return b.norm(x).permute(0, 4, 1, 2, 3)
 
 
-def _build(builder, num_slices, image_size, **kw):
+def _build(builder, **kw):
     return TVSwin3d(builder, **kw)
 
 

@@ -1,4 +1,4 @@
-"""Saved models in and out: ``save_pretrained``, ``push_to_hub``, ``hf-hub:`` and ``local-dir:``.
+"""Publishing a model: ``save_pretrained``, the model card and ``push_to_hub``.
 
 A saved model is a folder (or Hub repo) of three files:
 
@@ -8,24 +8,43 @@ A saved model is a folder (or Hub repo) of three files:
 * ``model.safetensors``: ``model.state_dict()`` (ct3dzoo key names, adapted stem);
 * ``README.md``: a model card.
 
-``ct3dzoo.load("hf-hub:ORG/NAME")`` / ``ct3dzoo.load("local-dir:PATH")`` rebuild the model
-with :func:`ct3dzoo.create_model` and load the weights strictly.
+``ct3dzoo.load("hf-hub:ORG/NAME")`` / ``ct3dzoo.load("local-dir:PATH")`` (in ``_factory``)
+rebuild the model and load the weights strictly. This module writes a model and never
+builds one, so it sits below the model base (``CTModel.save_pretrained`` calls it).
+
+Why not ``huggingface_hub.ModelHubMixin``: its ``config.json`` is the model's ``__init__``
+arguments and ``from_pretrained`` rebuilds one known class; a ct3dzoo model is built by the
+factory from an architecture name, a weights spec and :class:`~ct3dzoo._specs.ModelOptions`,
+and its config also records the source weights and the input contract. The transport
+(``HfApi.upload_folder``, ``hf_hub_download``) is huggingface_hub's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import HfApi
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_from_ref", "push_to_hub", "save_pretrained"]
+from ._io.atomic import atomic_write_text
+from ._io.checkpoint import save_safetensors
+from ._specs import WeightsSpec
+from ._version import __version__
+from .data.windows import resolve_window
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "build_config",
+    "model_card",
+    "push_to_hub",
+    "save_pretrained",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -45,42 +64,16 @@ _KE_BIBTEX = """@inproceedings{ke2023video,
   year      = {2023}
 }"""
 
-_CONFIG_KEYS = ("num_classes", "in_chans", "head", "drop_rate", "num_slices", "image_size")
-_SIZE_KEYS = ("in_chans", "num_slices", "image_size")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
-@contextlib.contextmanager
-def hf_progress(enabled: bool) -> Iterator[None]:
-    """Silence huggingface_hub's progress bars inside the block when ``enabled`` is False."""
-    from huggingface_hub.utils import (
-        are_progress_bars_disabled,
-        disable_progress_bars,
-        enable_progress_bars,
-    )
-
-    was_disabled = are_progress_bars_disabled()
-    if not enabled and not was_disabled:
-        disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not enabled and not was_disabled:
-            enable_progress_bars()
-
 
 # ----------------------------------------------------------------------------- save
-def _source_info(model: Any) -> dict[str, Any]:
-    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    keys = ("arch", "tag", "url", "hf_hub_id", "dataset", "source", "license", "citation",
-            "paper", "mean", "std", "input_size", "num_classes")  # fmt: skip
-    return {k: cfg.get(k) for k in keys}
+def _source_info(model: Any) -> dict[str, Any] | None:
+    spec = getattr(model, "pretrained_cfg", None)
+    return spec.to_dict() if isinstance(spec, WeightsSpec) else None
 
 
 def _windows_info(windows: Sequence[Any] | None, in_chans: int) -> list[dict[str, Any]] | None:
     if windows is None:
         return None
-    from .data.windows import resolve_window
 
     ws = [windows] if isinstance(windows, str) else list(windows)
     if ws and isinstance(ws[0], (int, float)):  # a single (centre, width) pair
@@ -109,8 +102,6 @@ def _json_ready(obj: Any, what: str) -> Any:
 
 def build_config(model: Any, *, windows: Sequence[Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` content of ``model`` (see the module docstring)."""
-    from . import __version__
-
     mc = dict(getattr(model, "model_config", None) or {})
     if not mc.get("arch"):
         raise ValueError(
@@ -120,8 +111,9 @@ def build_config(model: Any, *, windows: Sequence[Any] | None = None) -> dict[st
     mc["arch_kwargs"] = _json_ready(mc.get("arch_kwargs") or {}, "arch_kwargs")
     mc.setdefault("pretrain", None)
     in_chans = int(mc["in_chans"])
-    src = _source_info(model)
+    src = _source_info(model) or {}
     native = src.get("input_size")
+    contract = src.get("input_contract") or {"kind": "window"}
     size = None
     if mc.get("num_slices") or mc.get("image_size"):
         size = [mc.get("num_slices"), *(mc.get("image_size") or [None, None])]
@@ -135,8 +127,8 @@ def build_config(model: Any, *, windows: Sequence[Any] | None = None) -> dict[st
             "in_chans": in_chans,
             "dtype": "float32",
             "value_range": [0.0, 1.0],
-            "preprocessing": "HU windowed to [0, 1] (ct3dzoo.data.apply_window); the model "
-            "normalises internally",
+            "preprocessing": _preprocessing(contract),
+            "contract": contract,
             "windows": _windows_info(windows, in_chans),
             "size": size,
             "native_size": None if native is None else list(native[1:]),
@@ -149,6 +141,15 @@ def build_config(model: Any, *, windows: Sequence[Any] | None = None) -> dict[st
     }
 
 
+def _preprocessing(contract: dict[str, Any]) -> str:
+    if contract["kind"] == "hu_range":
+        lo, hi = contract["hu_range"]
+        return f"HU clipped to [{lo:g}, {hi:g}] and scaled to [0, 1] (ct3dzoo.data.transforms_for)"
+    if contract["kind"] == "zscore":
+        return "z-score over the volume's voxels (ct3dzoo.data.transforms_for)"
+    return "HU windowed to [0, 1] (ct3dzoo.data.apply_window); the model normalises internally"
+
+
 def _hf_license(text: str | None) -> str:
     t = (text or "").lower()
     if "apache" in t:
@@ -158,6 +159,14 @@ def _hf_license(text: str | None) -> str:
     if "mit" in t.split():
         return "mit"
     return "other"
+
+
+_PRETRAINED = {
+    "video": "video-pretrained",
+    "imagenet": "ImageNet-pretrained",
+    "ct": "CT-pretrained",
+    None: "pretrained",
+}
 
 
 def model_card(config: dict[str, Any]) -> str:
@@ -197,10 +206,15 @@ def model_card(config: dict[str, Any]) -> str:
         "",
         f"# {arch} for CT (ct3dzoo)",
         "",
-        f"A {'video-pretrained' if weights else 'randomly initialised'} `{arch}` adapted "
-        f"exactly to {mc['in_chans']}-channel CT input by "
-        "[ct3dzoo](https://github.com/ct3dzoo/ct3dzoo): the stem folds the source weights' "
-        "RGB normalisation in, so the model takes HU-windowed volumes directly.",
+        f"A {_PRETRAINED[src.get('pretrain_source')] if weights else 'randomly initialised'} "
+        f"`{arch}` for {mc['in_chans']}-channel CT input, built by "
+        "[ct3dzoo](https://github.com/ct3dzoo/ct3dzoo)"
+        + (
+            ": the stem folds the source weights' RGB normalisation in, so the model takes "
+            "HU-windowed volumes directly."
+            if src.get("stem")
+            else "."
+        ),
         "",
         "## Model",
         "",
@@ -216,7 +230,7 @@ def model_card(config: dict[str, Any]) -> str:
     ]
     if weights:
         lines += [
-            f"  - trained on {src.get('dataset') or '?'} by {src.get('source') or '?'}; "
+            f"  - trained on {src.get('dataset') or '?'} by {src.get('publisher') or '?'}; "
             f"original file: {src.get('url') or src.get('hf_hub_id') or 'see the citation'}",
             f"  - licence of the source weights: {src.get('license') or 'unknown'}",
         ]
@@ -225,7 +239,10 @@ def model_card(config: dict[str, Any]) -> str:
         "## Input contract",
         "",
         f"- tensor `(B, {mc['in_chans']}, D, H, W)`, float32, D = slices",
-        f"- values: HU windowed to [0, 1]; windows: {win}",
+        f"- values: {inp['preprocessing']}"
+        + (
+            f"; windows: {win}" if inp.get("contract", {}).get("kind", "window") == "window" else ""
+        ),
         f"- size: {size_txt}"
         + (f" (source clip T x H x W = {' x '.join(map(str, native))})" if native else ""),
         "- no further normalisation: the model applies the source weights' mean/std itself",
@@ -275,8 +292,6 @@ def save_pretrained(
         allow_custom_head: a head given as a module/callable cannot be written to JSON; with
             True its weights are saved anyway and loading needs the same ``head=`` again.
     """
-    from ._weights import _atomic_write_bytes, save_safetensors
-
     if not safe_serialization:
         raise ValueError("ct3dzoo saves safetensors only; drop safe_serialization=False")
     config = build_config(model, windows=windows)
@@ -290,8 +305,8 @@ def save_pretrained(
     out = Path(save_directory).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors(model.state_dict(), out / WEIGHTS_NAME, metadata={"format": "pt"})
-    _atomic_write_bytes(out / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
-    _atomic_write_bytes(out / CARD_NAME, model_card(config).encode())
+    atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / CARD_NAME, model_card(config))
     return out
 
 
@@ -312,8 +327,6 @@ def push_to_hub(
     created from main if missing. ``save_kwargs`` go to :func:`save_pretrained`. Returns
     huggingface_hub's ``CommitInfo``. Honours ``HF_ENDPOINT`` and ``HF_TOKEN``.
     """
-    from huggingface_hub import HfApi
-
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision is not None and not create_pr:
@@ -328,117 +341,3 @@ def push_to_hub(
             commit_message=commit_message,
             create_pr=create_pr,
         )
-
-
-# ----------------------------------------------------------------------------- load
-def _hub_files(repo_id: str, *, revision: str | None, progress: bool) -> tuple[Path, Path]:
-    from huggingface_hub import hf_hub_download
-
-    from ._weights import is_offline
-
-    kw: dict[str, Any] = {
-        "endpoint": os.environ.get("HF_ENDPOINT") or None,
-        "local_files_only": is_offline(),
-    }
-    with hf_progress(progress):
-        config = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, **kw))
-        # pin the weights to the commit the config came from (the cache folder is named by it)
-        commit = config.parent.name if _COMMIT.match(config.parent.name) else revision
-        weights = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=commit, **kw))
-    return config, weights
-
-
-def _local_files(path: str) -> tuple[Path, Path]:
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"local-dir: {root} is not a folder (save one with model.save_pretrained)"
-        )
-    config, weights = root / CONFIG_NAME, root / WEIGHTS_NAME
-    for f in (config, weights):
-        if not f.is_file():
-            raise FileNotFoundError(
-                f"local-dir: {root} has no {f.name}; it should hold what save_pretrained writes "
-                f"({CONFIG_NAME}, {WEIGHTS_NAME})"
-            )
-    return config, weights
-
-
-def load_from_ref(
-    ref: str, *, revision: str | None = None, progress: bool = True, **overrides: Any
-) -> torch.nn.Module:
-    """Rebuild a saved model from ``hf-hub:ORG/NAME[@REVISION]`` or ``local-dir:PATH``.
-
-    ``overrides``: ``num_classes``/``head`` (a new head replaces the saved one after loading),
-    ``drop_rate``, ``head`` for models saved with a custom head, extra ``arch_kwargs``.
-    ``in_chans``, ``num_slices`` and ``image_size`` must equal the saved ones (the weights
-    were adapted to them).
-    """
-    from safetensors.torch import load_file
-
-    from ._builder import create_model, load_state_dict_into
-
-    kind, _, target = ref.partition(":")
-    if kind == "hf-hub":
-        repo_id, _, at = target.partition("@")
-        if at and revision and at != revision:
-            raise ValueError(f"{ref}: revision given twice ({at!r} and revision={revision!r})")
-        config_path, weights_path = _hub_files(
-            repo_id, revision=revision or at or None, progress=progress
-        )
-    elif kind == "local-dir":
-        config_path, weights_path = _local_files(target)
-    else:
-        raise ValueError(f"unknown model reference {ref!r}; use hf-hub:ORG/NAME or local-dir:PATH")
-    try:
-        config = json.loads(config_path.read_text())
-        mc = dict(config["model_config"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{ref}: {CONFIG_NAME} is not a ct3dzoo config ({e})") from None
-    if int(config.get("format_version", 1)) > FORMAT_VERSION:
-        raise ValueError(
-            f"{ref} was saved by ct3dzoo {config.get('ct3dzoo_version')} (format "
-            f"{config['format_version']}); upgrade ct3dzoo to load it"
-        )
-    for key in _SIZE_KEYS:
-        if key in overrides and overrides[key] is not None:
-            saved, given = mc.get(key), overrides.pop(key)
-            norm = list(given) if isinstance(given, (tuple, list)) else given
-            if key == "image_size" and isinstance(given, int):
-                norm = [given, given]
-            if norm != saved:
-                raise ValueError(
-                    f"{ref} was saved with {key}={saved}; its weights are adapted to that, so "
-                    f"{key}={given} cannot be loaded from it. Load the source weights instead: "
-                    f"ct3dzoo.load({mc['arch']!r}, pretrain={mc.get('tag')!r}, {key}={given!r})"
-                )
-    num_classes = overrides.pop("num_classes", None)
-    new_head = overrides.pop("head", None)
-    drop_rate = overrides.pop("drop_rate", mc.get("drop_rate", 0.0))
-    saved_head = mc.get("head", "linear")
-    build_head: Any = saved_head
-    if saved_head == "custom":
-        if new_head is None or isinstance(new_head, str):
-            raise ValueError(
-                f"{ref} was saved with a custom head; pass the same module or factory as head= "
-                "to rebuild it"
-            )
-        build_head, new_head = new_head, None
-    arch_kwargs = {**(mc.get("arch_kwargs") or {}), **overrides}
-    model = create_model(
-        mc["arch"],
-        num_classes=int(mc["num_classes"]),
-        in_chans=int(mc["in_chans"]),
-        head=build_head,
-        drop_rate=float(drop_rate),
-        num_slices=mc.get("num_slices"),
-        image_size=None if mc.get("image_size") is None else tuple(mc["image_size"]),
-        pretrained_tag=mc.get("tag"),
-        **arch_kwargs,
-    )
-    load_state_dict_into(model, load_file(str(weights_path), device="cpu"), source=ref)
-    model.model_config["pretrain"] = mc.get("pretrain")
-    model.model_config["loaded_from"] = ref
-    if (num_classes is not None and num_classes != model.num_classes) or new_head is not None:
-        model.reset_classifier(model.num_classes if num_classes is None else num_classes, new_head)
-    return model

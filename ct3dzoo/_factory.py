@@ -1,0 +1,318 @@
+"""The factory: ``create_model`` / ``load`` (architecture names, ``hf-hub:`` and ``local-dir:``)
+and ``fetch``. Importing it registers every family (``ct3dzoo.models``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+
+from . import models  # noqa: F401  (registers every family)
+from ._io import weights as _weights
+from ._io.checkpoint import read_checkpoint
+from ._io.download import hf_file
+from ._loading import load_state_dict_into
+from ._model import CTModel
+from ._publish import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from ._registry import get_arch, get_pretrained_cfg, resolve_tag, split_name, tags_of
+from ._specs import ModelOptions
+from .errors import CheckpointMismatchError
+from .heads import HeadSpec
+
+__all__ = ["create_model", "fetch", "load"]
+
+_CKPT_SUFFIXES = (".pth", ".pt", ".pyth", ".tar", ".ckpt", ".bin", ".safetensors")
+_SIZE_KEYS = ("in_chans", "num_slices", "image_size")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_D = ModelOptions  # defaults are read from the dataclass, never restated here
+
+
+def _looks_like_path(pretrain: Any) -> bool:
+    if isinstance(pretrain, os.PathLike):
+        return True
+    return isinstance(pretrain, str) and (
+        os.sep in pretrain or pretrain.endswith(_CKPT_SUFFIXES) or os.path.exists(pretrain)
+    )
+
+
+def _build(arch: str, tag: str | None, opts: ModelOptions, arch_kwargs: dict[str, Any]) -> CTModel:
+    """Build ``arch`` with random weights for the weights spec ``arch.tag``."""
+    spec = get_arch(arch)
+    weights = get_pretrained_cfg(f"{arch}.{tag}") if tag else None
+    kw: dict[str, Any] = {
+        "num_classes": opts.num_classes,
+        "in_chans": opts.in_chans,
+        "head": opts.head,
+        "drop_rate": opts.drop_rate,
+    }
+    if spec.size_args:
+        kw.update(num_slices=opts.num_slices, image_size=opts.image_size)
+    model = spec.builder(spec=weights, **kw, **arch_kwargs)
+    model.arch = arch
+    model.model_config = {
+        "arch": arch,
+        "tag": tag,
+        **opts.to_dict(),
+        "arch_kwargs": dict(arch_kwargs),
+    }
+    return model
+
+
+def create_model(
+    arch: str,
+    *,
+    num_classes: int = _D.num_classes,
+    in_chans: int = _D.in_chans,
+    head: HeadSpec = _D.head,
+    drop_rate: float = _D.drop_rate,
+    num_slices: int | None = _D.num_slices,
+    image_size: int | tuple[int, int] | None = _D.image_size,
+    pretrained_tag: str | None = None,
+    **arch_kwargs: Any,
+) -> CTModel:
+    """Build ``arch`` (or ``arch.tag``) with random weights, its stem folded with the weights'
+    mean/std. Options as :func:`load`."""
+    opts = ModelOptions(
+        num_classes=num_classes,
+        in_chans=in_chans,
+        head=head,
+        drop_rate=drop_rate,
+        num_slices=num_slices,
+        image_size=image_size,
+    )
+    name, tag = split_name(arch)
+    get_arch(name)
+    return _build(name, resolve_tag(name, pretrained_tag or tag), opts, arch_kwargs)
+
+
+def load(
+    arch: str,
+    pretrain: str | os.PathLike | None = "kinetics",
+    *,
+    num_classes: int = _D.num_classes,
+    in_chans: int = _D.in_chans,
+    head: HeadSpec = _D.head,
+    drop_rate: float = _D.drop_rate,
+    num_slices: int | None = _D.num_slices,
+    image_size: int | tuple[int, int] | None = _D.image_size,
+    progress: bool = True,
+    revision: str | None = None,
+    **arch_kwargs: Any,
+) -> CTModel:
+    """Build a CT model with adapted pretrained weights.
+
+    Args:
+        arch: a name from :func:`list_models` (optionally ``arch.tag``), or
+            ``"hf-hub:ORG/NAME"`` / ``"local-dir:PATH"`` for a model saved with
+            ``save_pretrained``.
+        pretrain: the arch's default weights by their source (``"kinetics"`` for video
+            archs, ``"imagenet"`` for the 2D baselines, ...), a weights tag
+            (``"kinetics400"``, ...), ``None`` (random init), or a path to a checkpoint in the
+            upstream's own format (torchvision ``.pth`` state dict, pytorchvideo ``.pyth``
+            ``{"model_state": ...}``) or a ``.safetensors`` file.
+        num_classes: outputs of the new head; 0 returns pre-logits ``(B, num_features)``.
+        in_chans: input channels (1: one HU window; 3: three windows as RGB; n: repeat+rescale).
+        head: ``"linear"``, ``"mlp"``, ``"attention"`` (attention pooling over the
+            spatio-temporal tokens), an ``nn.Module`` or ``(num_features, num_classes) -> nn.Module``.
+        drop_rate: dropout before the classifier.
+        num_slices, image_size: the input size D and (H, W) for architectures with
+            size-dependent parameters (MViT position embeddings, resampled from the native
+            size); other architectures run at any size and ignore them.
+        progress: show a download progress bar.
+        revision: Hub revision for ``hf-hub:`` names. For ``hf-hub:``/``local-dir:`` the saved
+            config is used; options given here that differ from the defaults override it.
+        **arch_kwargs: passed to the upstream builder (e.g. ``stochastic_depth_prob``).
+
+    Returns:
+        a :class:`CTModel` taking ``(B, in_chans, D, H, W)`` float in [0, 1].
+
+    Raises:
+        ct3dzoo.errors.WeightsUnavailableError: the weights are neither cached nor
+            downloadable (the message says how to get them by hand). Never falls back to
+            random weights.
+    """
+    opts = ModelOptions(
+        num_classes=num_classes,
+        in_chans=in_chans,
+        head=head,
+        drop_rate=drop_rate,
+        num_slices=num_slices,
+        image_size=image_size,
+    )
+    if isinstance(arch, str) and arch.startswith(("hf-hub:", "local-dir:")):
+        overrides = {k: getattr(opts, k) for k in opts.names() if not opts.is_default(k)}
+        return _load_from_ref(
+            arch, revision=revision, progress=progress, **overrides, **arch_kwargs
+        )
+
+    name, tag_in_name = split_name(arch)
+    spec = get_arch(name)
+    if pretrain == "kinetics" and "kinetics" not in spec.pretrain_aliases:
+        raise ValueError(
+            f"{name} has no Kinetics weights: use pretrain={spec.pretrain_aliases[0]!r} "
+            f"(tags: {', '.join(tags_of(name))}), a checkpoint path, or None for random init"
+        )
+    from_file = pretrain is not None and _looks_like_path(pretrain)
+    if from_file or pretrain is None:
+        tag = resolve_tag(name, tag_in_name)
+    else:
+        tag = str(pretrain) if pretrain not in spec.pretrain_aliases else tag_in_name
+        tag = resolve_tag(name, tag)
+        if tag is None:
+            raise ValueError(
+                f"{name} has no default pretrained weights; pass pretrain=None for random "
+                "init or a checkpoint path"
+            )
+        get_pretrained_cfg(f"{name}.{tag}")  # raises with the nearest tags when unknown
+    model = _build(name, tag, opts, arch_kwargs)
+    if pretrain is None:
+        model.model_config["pretrain"] = None
+        return model
+    if from_file:
+        path = Path(pretrain)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"pretrain={str(pretrain)!r} is not a file. Pass an existing checkpoint path, a "
+                f"weights tag ({', '.join(tags_of(name)) or 'none known'}) or None."
+            )
+        sd = read_checkpoint(path)
+        source = str(path)
+    else:
+        sd = _weights.load_pretrained_state_dict(model.pretrained_cfg, progress=progress)
+        source = f"{name}.{tag}"
+    load_state_dict_into(model, sd, source=source)
+    model.model_config["pretrain"] = source if not from_file else "file"
+    return model
+
+
+def fetch(name: str, *, from_file: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Fill the ct3dzoo cache with the weights ``arch.tag`` (or ``arch``: its default weights).
+
+    With ``from_file``, an already downloaded upstream file is checked first: that it is a
+    checkpoint of that architecture (keys and shapes), then against every known hash; then
+    it is converted (no network). Otherwise the Hub file or upstream URL is used. Returns the
+    local safetensors path.
+    """
+    spec = get_pretrained_cfg(name)
+
+    def fits(sd: dict[str, Any]) -> None:
+        model = _build(spec.arch, spec.tag, ModelOptions(num_classes=0), {})
+        try:
+            load_state_dict_into(model, sd, source=str(from_file))
+        except CheckpointMismatchError as e:
+            raise CheckpointMismatchError(
+                f"{from_file} is not a checkpoint of {spec.name}; nothing was cached.\n  {e}"
+            ) from None
+
+    return _weights.fetch(spec, from_file=from_file, progress=progress, validate=fits)
+
+
+# ------------------------------------------------------------------ hf-hub: / local-dir:
+def _hub_files(repo_id: str, *, revision: str | None, progress: bool) -> tuple[Path, Path]:
+    config = hf_file(repo_id, CONFIG_NAME, revision=revision, progress=progress)
+    # pin the weights to the commit the config came from (the cache folder is named by it)
+    commit = config.parent.name if _COMMIT.match(config.parent.name) else revision
+    return config, hf_file(repo_id, WEIGHTS_NAME, revision=commit, progress=progress)
+
+
+def _local_files(path: str) -> tuple[Path, Path]:
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"local-dir: {root} is not a folder (save one with model.save_pretrained)"
+        )
+    config, weights = root / CONFIG_NAME, root / WEIGHTS_NAME
+    for f in (config, weights):
+        if not f.is_file():
+            raise FileNotFoundError(
+                f"local-dir: {root} has no {f.name}; it should hold what save_pretrained writes "
+                f"({CONFIG_NAME}, {WEIGHTS_NAME})"
+            )
+    return config, weights
+
+
+def _read_config(ref: str, path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+        dict(config["model_config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{ref}: {CONFIG_NAME} is not a ct3dzoo config ({e})") from None
+    if int(config.get("format_version", 1)) > FORMAT_VERSION:
+        raise ValueError(
+            f"{ref} was saved by ct3dzoo {config.get('ct3dzoo_version')} (format "
+            f"{config['format_version']}); upgrade ct3dzoo to load it"
+        )
+    return config
+
+
+def _check_sizes(ref: str, mc: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """``in_chans``/``num_slices``/``image_size`` must equal the saved ones."""
+    for key in _SIZE_KEYS:
+        if key not in overrides:
+            continue
+        saved, given = mc.get(key), overrides.pop(key)
+        norm = list(given) if isinstance(given, (tuple, list)) else given
+        if norm != saved:
+            raise ValueError(
+                f"{ref} was saved with {key}={saved}; its weights are adapted to that, so "
+                f"{key}={given} cannot be loaded from it. Load the source weights instead: "
+                f"ct3dzoo.load({mc['arch']!r}, pretrain={mc.get('tag')!r}, {key}={given!r})"
+            )
+
+
+def _load_from_ref(
+    ref: str, *, revision: str | None = None, progress: bool = True, **overrides: Any
+) -> CTModel:
+    """Rebuild a saved model from ``hf-hub:ORG/NAME[@REVISION]`` or ``local-dir:PATH``.
+
+    ``overrides`` (options that differ from their defaults): ``num_classes``/``head`` (a new
+    head replaces the saved one after loading), ``drop_rate``, ``head`` for models saved
+    with a custom head, extra ``arch_kwargs``. ``in_chans``, ``num_slices`` and
+    ``image_size`` must equal the saved ones (the weights were adapted to them).
+    """
+    kind, _, target = ref.partition(":")
+    if kind == "hf-hub":
+        repo_id, _, at = target.partition("@")
+        if at and revision and at != revision:
+            raise ValueError(f"{ref}: revision given twice ({at!r} and revision={revision!r})")
+        config_path, weights_path = _hub_files(
+            repo_id, revision=revision or at or None, progress=progress
+        )
+    elif kind == "local-dir":
+        config_path, weights_path = _local_files(target)
+    else:
+        raise ValueError(f"unknown model reference {ref!r}; use hf-hub:ORG/NAME or local-dir:PATH")
+    mc = dict(_read_config(ref, config_path)["model_config"])
+    _check_sizes(ref, mc, overrides)
+    num_classes = overrides.pop("num_classes", None)
+    new_head = overrides.pop("head", None)
+    drop_rate = overrides.pop("drop_rate", mc.get("drop_rate", _D.drop_rate))
+    saved_head = mc.get("head", _D.head)
+    build_head: Any = saved_head
+    if saved_head == "custom":
+        if new_head is None or isinstance(new_head, str):
+            raise ValueError(
+                f"{ref} was saved with a custom head; pass the same module or factory as head= "
+                "to rebuild it"
+            )
+        build_head, new_head = new_head, None
+    opts = ModelOptions(
+        num_classes=int(mc["num_classes"]),
+        in_chans=int(mc["in_chans"]),
+        head=build_head,
+        drop_rate=float(drop_rate),
+        num_slices=mc.get("num_slices"),
+        image_size=None if mc.get("image_size") is None else tuple(mc["image_size"]),
+    )
+    arch_kwargs = {**(mc.get("arch_kwargs") or {}), **overrides}
+    model = _build(mc["arch"], mc.get("tag"), opts, arch_kwargs)
+    load_state_dict_into(model, load_file(str(weights_path), device="cpu"), source=ref)
+    model.model_config["pretrain"] = mc.get("pretrain")
+    model.model_config["loaded_from"] = ref
+    if (num_classes is not None and num_classes != model.num_classes) or new_head is not None:
+        model.reset_classifier(model.num_classes if num_classes is None else num_classes, new_head)
+    return model
