@@ -1,6 +1,6 @@
 """Quickstart: the ten-line story on one synthetic chest CT, then the full demo.
 
-    python examples/quickstart.py                 # ~2-3 minutes on two CPU cores
+    python examples/quickstart.py                 # the demo's time: docs/benchmarks.md
     python examples/quickstart.py --tiny          # seconds: tiny sizes, one epoch
 
 Works offline: without cached Kinetics weights it says so and uses random weights.
