@@ -73,6 +73,7 @@ def _load_model(
     import torch
 
     import ct3dzoo
+    from ct3dzoo import models  # noqa: F401  (fills the registry that get_arch reads)
     from ct3dzoo.errors import WeightsUnavailableError
 
     options = options or ModelOptions()

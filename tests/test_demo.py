@@ -164,3 +164,26 @@ def test_default_arch_tries_its_own_weights_then_falls_back(
     text = "\n".join(said)
     assert "no Kinetics weights" in text and "'imagenet'" in text
     assert "FALLING BACK TO RANDOM INITIALISATION" in text
+
+
+def test_default_arch_alias_lookup_in_a_fresh_process(tmp_path: Path) -> None:
+    """`ct3dzoo demo` starts without the model registry imported: the alias lookup fills it."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from ct3dzoo.demo import _load_model\n"
+        "said = []\n"
+        "m, w = _load_model('resnet18_2d', 'kinetics', said.append, False, 0)\n"
+        "assert w is None and m.num_classes == 1, said\n"
+        "print('\\n'.join(said))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "CT3DZOO_OFFLINE": "1",
+           "CT3DZOO_HOME": str(tmp_path / "home")}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "'imagenet'" in proc.stdout
