@@ -1,14 +1,17 @@
 """``ct3dzoo demo``: the whole library end to end on a synthetic chest-CT phantom, on CPU.
 
-1. writes a small phantom dataset (:func:`ct3dzoo.data.synthetic.make_phantom_dataset`) as
-   DICOM series and NIfTI files: half the cases hold a lung nodule;
-2. reads it back with the real readers through :class:`ct3dzoo.data.CTDataset` (training
-   cases from DICOM, validation cases from NIfTI), resamples and applies the lung window;
+1. writes a small phantom dataset (:func:`ct3dzoo.phantom.make_phantom_dataset`): training
+   cases as NIfTI files, held-out validation cases (another seed) as DICOM series, with
+   their lesion masks; half the cases hold a lung nodule;
+2. reads it back with the real readers through :class:`ct3dzoo.data.CTDataset`, resamples,
+   crops and applies the lung window;
 3. loads an architecture with its Kinetics weights (an arch without them, like the default
    2D ResNet-18, its own pretrained weights) when they are cached or downloadable, otherwise
    says so and starts from random weights;
-4. finetunes it for a few epochs (:func:`ct3dzoo.finetune`) and prints validation AUROC;
-5. writes a slice montage of a positive case and the model (``save_pretrained``).
+4. finetunes it for a few epochs (:func:`ct3dzoo.finetune`), printing a line per epoch
+   (loss, validation AUROC, seconds);
+5. writes a slice montage of a positive validation case; the finetuned model is
+   ``run/final`` (``save_pretrained``). Everything lands under one output folder.
 
 Deterministic by ``seed`` (on the same machine and thread count). Python:
 ``ct3dzoo.demo.demo(out_dir=...)``; shell: ``ct3dzoo demo --help``.
@@ -24,14 +27,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._demo_output import EpochLines, folder_bytes, write_montage
+from ._specs import ModelOptions
+
 __all__ = ["add_demo_parser", "demo", "run_demo"]
 
-#: the default demo. Measured from random weights (the offline case), 16x48x48 lung crop:
-#: resnet18_2d (each slice through a 2D ResNet-18, mean over slices) learns the nodule in
-#: 4-6 epochs of 256 cases (~17 s/epoch on 2 busy cores); r3d_18 and mc3_18 cost ~3.5x as
-#: much per volume and stayed at chance (train loss ~0.7) for the ~100-160 optimiser steps
-#: that fit this budget; x3d_xs does not move off chance (zero-initialised residual
-#: branches). With cached Kinetics weights, ``--arch r3d_18`` is the 3D model to try.
+#: the default demo: resnet18_2d from random weights (the offline case) reached validation
+#: AUROC 0.945 on an in-dataset split and 0.820 on held-out cases (seed 0); measured in
+#: docs/benchmarks.md (``python benchmarks/demo.py``). Cheaper settings measured there
+#: (8x32x32 or 8x48x48 inputs, 160 training cases, 5-6 epochs) stayed below AUROC 0.65. r3d_18 and mc3_18 cost
+#: ~3.5x as much per volume; the X3D family (the only one small enough for small
+#: checkpoints) trains ~2x slower than resnet18_2d on CPU (depthwise 3D convolutions) and
+#: stayed at chance from random weights. With cached Kinetics weights, ``--arch r3d_18``
+#: is the 3D model to try.
 DEFAULTS: dict[str, Any] = {
     "arch": "resnet18_2d",
     "n_cases": 320,
@@ -46,32 +54,30 @@ DEFAULTS: dict[str, Any] = {
     "lung_vessel_hu": 300.0,
     "crop": 0.75,
 }
-
-
-def _split(labels: Sequence[int], n_val: int) -> tuple[list[int], list[int]]:
-    """Stratified split by case order: the last ``n_val`` cases, balanced between labels."""
-    pos = [i for i, y in enumerate(labels) if y]
-    neg = [i for i, y in enumerate(labels) if not y]
-    n_pos = min(len(pos) - 1, max(1, round(n_val * len(pos) / len(labels))))
-    n_neg = min(len(neg) - 1, n_val - n_pos)
-    if n_pos < 1 or n_neg < 1:
-        raise ValueError(
-            f"{len(labels)} cases ({len(pos)} positive) are too few for a validation set of "
-            f"{n_val} with both labels and training cases left; use more cases"
-        )
-    val = sorted(pos[-n_pos:] + neg[-n_neg:])
-    train = [i for i in range(len(labels)) if i not in set(val)]
-    return train, val
+#: the model options the demo exposes (``--head``, ``--drop-rate``): defaults and help come
+#: from :class:`ct3dzoo._specs.ModelOptions`; the demo's task fixes ``num_classes=1``.
+MODEL_OPTIONS = ("head", "drop_rate")
+#: the default demo's measured wall time (``python benchmarks/demo.py``, docs/benchmarks.md)
+MEASURED = "measured 360-386 s on a shared 2-core VM"
 
 
 def _load_model(
-    arch: str, pretrain: str | None, say: Callable[[str], None], progress: bool, seed: int
+    arch: str,
+    pretrain: str | None,
+    say: Callable[[str], None],
+    progress: bool,
+    seed: int,
+    options: ModelOptions | None = None,
 ) -> tuple[Any, str | None]:
     """``ct3dzoo.load`` with the pretrained weights, or random weights when they can't be had."""
     import torch
 
     import ct3dzoo
+    from ct3dzoo import models  # noqa: F401  (fills the registry that get_arch reads)
     from ct3dzoo.errors import WeightsUnavailableError
+
+    options = options or ModelOptions()
+    kw = {name: getattr(options, name) for name in ("num_classes", *MODEL_OPTIONS)}
 
     if pretrain == "kinetics":
         from ct3dzoo._registry import get_arch
@@ -82,7 +88,7 @@ def _load_model(
             pretrain = aliases[0]
     if pretrain is not None:
         try:
-            model = ct3dzoo.load(arch, pretrain=pretrain, num_classes=1, progress=progress)
+            model = ct3dzoo.load(arch, pretrain=pretrain, progress=progress, **kw)
             cfg = ct3dzoo.get_pretrained_cfg(f"{arch}.{model.model_config['tag']}")
             name = f"{cfg.arch}.{cfg.tag}"
             say(f"weights: {name} ({cfg.dataset or 'Kinetics'}), adapted to 1 channel")
@@ -99,7 +105,7 @@ def _load_model(
     else:
         say("weights: none requested (pretrain=None): random initialisation")
     torch.manual_seed(seed)  # the same random weights whether or not a load was tried first
-    return ct3dzoo.load(arch, pretrain=None, num_classes=1), None
+    return ct3dzoo.load(arch, pretrain=None, **kw), None
 
 
 def demo(
@@ -117,6 +123,8 @@ def demo(
     nodule_radius_mm: tuple[float, float] = DEFAULTS["nodule_radius_mm"],
     lung_vessel_hu: float = DEFAULTS["lung_vessel_hu"],
     crop: float = DEFAULTS["crop"],
+    head: str = ModelOptions.default("head"),
+    drop_rate: float = ModelOptions.default("drop_rate"),
     pretrain: str | None = "kinetics",
     seed: int = 0,
     progress: bool = True,
@@ -125,181 +133,154 @@ def demo(
     """Run the phantom demo; returns what it measured and wrote.
 
     Args:
-        out_dir: everything goes here (``data/``, ``cache/``, ``run/``, ``model/``,
+        out_dir: everything goes here (``data/train``, ``data/val``, ``cache/``, ``run/``
+            (checkpoints, ``log.jsonl`` and the finetuned model ``run/final``),
             ``montage.png``, ``summary.json``); existing demo files are overwritten.
         arch: a name from ``ct3dzoo.list_models()``.
-        n_cases, n_val: phantom cases in all, and how many of them validate (stratified).
+        n_cases, n_val: phantom cases in all, and how many of them validate: the validation
+            cases come from their own seed (held out), each set half positive.
         epochs, lr, batch_size: finetuning (AdamW, cosine schedule, BCE).
-        size: ``(D, H, W)`` the volumes are resampled to for the model.
+        size: ``(D, H, W)`` the model sees.
         phantom_shape: ``(D, H, W)`` of the written phantoms (a 240 x 360 x 360 mm chest).
         window: HU window preset or ``(centre, width)``.
         nodule_radius_mm: range of the nodule radius of positive cases.
         lung_vessel_hu: contrast of the small lung vessels in the phantoms
-            (:func:`~ct3dzoo.data.synthetic.make_chest_phantom`; 750 there by default, 300
+            (:func:`~ct3dzoo.phantom.make_chest_phantom`; 750 there by default, 300
             here: a smoother lung in which the nodule is what stands out).
         crop: fraction of the in-plane field of view kept (centre crop, 0.75 = the central
             270 of 360 mm, which holds both lungs): volumes are resampled to
             ``size / crop`` in-plane, then cropped to ``size``; 1.0 = no crop.
+        head, drop_rate: model options (:class:`ct3dzoo._specs.ModelOptions`, one output).
         pretrain: ``"kinetics"`` (used when cached or downloadable, else random init with a
             message; an arch without Kinetics weights, like the default 2D ResNet-18, tries
             its own pretrained weights, e.g. ImageNet) or ``None`` (random init).
-        seed: the phantoms, the split, the data order and the initialisation follow from it.
-        progress: progress bars; verbose: print the story.
+        seed: the phantoms, the data order and the initialisation follow from it.
+        progress: progress bars; verbose: print the story and a line per epoch.
 
     Returns:
         ``{"val_auroc", "best_val_auroc", "best_epoch", "history", "weights" (``arch.tag`` or
-        None), "pretrained", "n_train", "n_val", "runtime_s", "out_dir", "manifest",
-        "montage" (None without matplotlib), "model_dir", "run_dir"}``.
+        None), "pretrained", "model_options", "n_train", "n_val", "runtime_s", "out_dir",
+        "manifest", "val_manifest", "montage" (None without matplotlib), "model_dir",
+        "run_dir", "bytes"}`` (``bytes``: the size of everything under ``out_dir``).
     """
     import torch
-    from torch.utils.data import Subset
 
     import ct3dzoo
-    from ct3dzoo.data import CTDataset, read_manifest, transforms
-    from ct3dzoo.data.synthetic import make_phantom_dataset
+    from ct3dzoo.data import CTDataset, transforms
+    from ct3dzoo.phantom import make_phantom_dataset
 
     def say(msg: str) -> None:
         if verbose:
             print(msg, flush=True)
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir).absolute()
     size, phantom_shape = tuple(int(s) for s in size), tuple(int(s) for s in phantom_shape)
-    torch.manual_seed(seed)
     if not 0.0 < crop <= 1.0:
         raise ValueError(f"crop must be in (0, 1], got {crop}")
+    n_train = n_cases - n_val
+    if n_val < 2 or n_train < 2:
+        raise ValueError(
+            f"{n_cases} cases with {n_val} for validation are too few: training and validation "
+            "each need at least 2 (one of each label); use more cases"
+        )
+    options = ModelOptions(num_classes=1, head=head, drop_rate=drop_rate)
     read_shape = (size[0], round(size[1] / crop), round(size[2] / crop))
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
 
-    say(f"ct3dzoo demo: {arch} on {n_cases} synthetic chest CTs (seed {seed}) -> {out}")
+    say(f"ct3dzoo demo: {arch} on {n_cases} synthetic chest CTs (seed {seed})\n  output: {out}")
+    phantom = {
+        "shape": phantom_shape,
+        "nodule_radius_mm": nodule_radius_mm,
+        "lung_vessel_hu": lung_vessel_hu,
+    }
     manifest = make_phantom_dataset(
-        out / "data",
-        n=n_cases,
-        seed=seed,
-        shape=phantom_shape,
-        formats=("dicom", "nifti"),
-        nodule_radius_mm=nodule_radius_mm,
-        lung_vessel_hu=lung_vessel_hu,
+        out / "data" / "train", n=n_train, seed=seed, formats=("nifti",), **phantom
     )
-    records, _ = read_manifest(manifest)
-    labels = [int(r["labels"][0]) for r in records]
-    train_idx, val_idx = _split(labels, n_val)
+    val_manifest = make_phantom_dataset(
+        out / "data" / "val", n=n_val, seed=seed + 1, formats=("dicom",), **phantom
+    )
     say(
-        f"data: {n_cases} phantoms {'x'.join(map(str, phantom_shape))} written as DICOM series "
-        f"and NIfTI ({sum(labels)} with a lung nodule) in {out / 'data'}\n"
-        f"      train {len(train_idx)} (read from DICOM), validation {len(val_idx)} (read from "
-        f"NIfTI); resampled to {'x'.join(map(str, read_shape))}, centre {crop:.0%} cropped to "
-        f"{'x'.join(map(str, size))}, window {window!r}, random flips"
+        f"data: {n_train} training phantoms {'x'.join(map(str, phantom_shape))} as NIfTI, "
+        f"{n_val} held-out validation phantoms as DICOM series (half with a lung nodule; "
+        f"lesion masks in masks/) in {time.perf_counter() - t0:.1f} s\n"
+        f"      read back, resampled to {'x'.join(map(str, read_shape))}, centre "
+        f"{crop:.0%} cropped to {'x'.join(map(str, size))}, window {window!r}, random flips"
     )
     common = {"windows": window, "shape": read_shape, "cache_dir": out / "cache"}
     centre = transforms.CenterCrop(size)
     flips = transforms.RandomFlip(axes=(-3, -1))  # the finding's presence doesn't care
-    train_tf = transforms.Compose([centre, flips])
-    train_ds = CTDataset(out / "data" / "manifest_dicom.csv", transform=train_tf, **common)
-    train = Subset(train_ds, train_idx)
-    val = Subset(
-        CTDataset(out / "data" / "manifest_nifti.csv", transform=centre, **common), val_idx
-    )
+    train = CTDataset(manifest, transform=transforms.Compose([centre, flips]), **common)
+    val = CTDataset(val_manifest, transform=centre, **common)
 
-    model, weights = _load_model(arch, pretrain, say, progress, seed)
+    model, weights = _load_model(arch, pretrain, say, progress, seed, options)
     n_params = sum(p.numel() for p in model.parameters())
     say(
         f"model: {arch}, {n_params / 1e6:.1f} M parameters, input (B, 1, {', '.join(map(str, size))})"
     )
 
     t_train = time.perf_counter()
-    result = ct3dzoo.finetune(
-        model,
-        train,
-        val,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        out_dir=out / "run",
-        weight_decay=0.01,
-        warmup_epochs=min(1.0, epochs / 4),
-        seed=seed,
-        restore_best=False,  # report and save the last epoch, not one picked on validation
-        progress=progress,
-    )
+    with EpochLines(out / "run" / "log.jsonl", epochs, t_train, say if verbose else None):
+        result = ct3dzoo.finetune(
+            model,
+            train,
+            val,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            out_dir=out / "run",
+            weight_decay=0.01,
+            warmup_epochs=min(1.0, epochs / 4),
+            seed=seed,
+            restore_best=False,  # report and save the last epoch, not one picked on validation
+            progress=progress,
+        )
     train_s = time.perf_counter() - t_train
-    if verbose:
-        say("epoch  train_loss  val_loss  val_auroc")
-        for h in result.history:
-            say(
-                f"{int(h['epoch']):>5}  {h['train_loss']:>10.4f}  {h['val_loss']:>8.4f}  "
-                f"{h['val_auroc']:>9.3f}"
-            )
     last = result.history[-1]
     val_auroc = float(last["val_auroc"])
 
-    model_dir = Path(model.save_pretrained(str(out / "model")))
-    montage_path = _write_montage(out, records, labels, val_idx, window, say)
+    model_dir = out / "run" / "final"
+    montage_path = write_montage(out, val, window, say)
     runtime = time.perf_counter() - t0
     summary = {
         "arch": arch,
         "weights": weights,
         "pretrained": weights is not None,
+        "model_options": options.to_dict(),
         "val_auroc": val_auroc,
         "best_val_auroc": None if result.best_metric is None else float(result.best_metric),
         "best_epoch": result.best_epoch,
         "history": result.history,
-        "n_train": len(train_idx),
-        "n_val": len(val_idx),
+        "n_train": n_train,
+        "n_val": n_val,
         "seed": seed,
         "train_s": train_s,
         "runtime_s": runtime,
         "out_dir": str(out),
         "manifest": str(manifest),
+        "val_manifest": str(val_manifest),
         "montage": None if montage_path is None else str(montage_path),
         "model_dir": str(model_dir),
         "run_dir": str(out / "run"),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    summary_path = out / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=1, default=str))
+    summary["bytes"] = folder_bytes(out)
     init = f"from {weights}" if weights else "from random weights"
     say(
-        f"\nvalidation AUROC {val_auroc:.3f} after {epochs} epochs ({init}; {len(val_idx)} "
+        f"\nvalidation AUROC {val_auroc:.3f} after {epochs} epochs ({init}; {n_val} held-out "
         f"cases; chance = 0.5) in {runtime:.0f} s ({train_s:.0f} s training)\n"
-        f"  data        {out / 'data'}  (manifest.csv, dicom/, nifti/, cases.json)\n"
+        f"  data        {out / 'data'}  (train/: NIfTI, val/: DICOM; masks/, cases.json)\n"
         f"  montage     {montage_path or '- (pip install ct3dzoo[viz] for montages)'}\n"
         f"  model       {model_dir}  (load: ct3dzoo.load('local-dir:{model_dir}'))\n"
         f"  checkpoints {out / 'run'}  (last/, best/, log.jsonl)\n"
-        f"  summary     {out / 'summary.json'}"
+        f"  summary     {summary_path}\n"
+        f"everything is in {out} ({summary['bytes'] / 1e6:.0f} MB)"
     )
     if not math.isfinite(val_auroc):
         say("warning: validation AUROC is undefined (one class only in validation)")
     return summary
-
-
-def _write_montage(
-    out: Path,
-    records: list[dict[str, Any]],
-    labels: Sequence[int],
-    val_idx: Sequence[int],
-    window: str | tuple[float, float],
-    say: Callable[[str], None],
-) -> Path | None:
-    """Montage of the first positive validation case, read from its DICOM series."""
-    from ct3dzoo.data import read_volume
-
-    try:
-        from ct3dzoo.viz import montage
-    except ImportError:  # pragma: no cover - viz is a module of ours; matplotlib is checked below
-        return None
-    i = next((j for j in val_idx if labels[j]), val_idx[0])
-    cases = json.loads((out / "data" / "cases.json").read_text())
-    finding = cases[i]["finding"]
-    vol = read_volume(records[i]["path"])
-    title = f"{records[i]['id']} (label {labels[i]}"
-    if finding:
-        title += f"; nodule r={finding['radius_mm']:.0f} mm at slice {finding['centre'][0]:.0f}"
-    path = out / "montage.png"
-    try:
-        montage(vol, window=window, path=path, num_slices=16, title=title + ")")
-    except ImportError as e:
-        say(f"montage: skipped ({e})")
-        return None
-    return path
 
 
 def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -307,10 +288,11 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     d = DEFAULTS
     p = subparsers.add_parser(
         "demo",
-        help="end to end on a synthetic chest-CT phantom (offline, CPU, ~3 min)",
+        help=f"end to end on a synthetic chest-CT phantom (offline, CPU, {MEASURED})",
         description=(
             "Write a synthetic chest-CT phantom dataset (DICOM + NIfTI), read it back, finetune "
-            "a model on CPU and print validation AUROC; saves a montage and the model."
+            "a model on CPU, printing loss and validation AUROC per epoch; saves a montage and "
+            f"the model, all under --out. Measured: {MEASURED} (docs/benchmarks.md)."
         ),
     )
     p.add_argument("--out", default="ct3dzoo-demo", help="output folder (default ct3dzoo-demo)")
@@ -337,6 +319,12 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--lung-vessel-hu", type=float, default=d["lung_vessel_hu"],
         help="contrast of the phantoms' small lung vessels (default %(default)s)",
     )  # fmt: skip
+    for name in MODEL_OPTIONS:  # defaults and help from ModelOptions, the one place they live
+        default = ModelOptions.default(name)
+        p.add_argument(
+            f"--{name.replace('_', '-')}", type=type(default), default=default,
+            help=f"{ModelOptions.help(name)} (default %(default)s)",
+        )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--no-pretrain", action="store_true", help="random init; don't look for Kinetics weights"
@@ -360,6 +348,7 @@ def run_demo(args: argparse.Namespace) -> int:
         window=args.window,
         crop=args.crop,
         lung_vessel_hu=args.lung_vessel_hu,
+        **{name: getattr(args, name) for name in MODEL_OPTIONS},
         pretrain=None if args.no_pretrain else "kinetics",
         seed=args.seed,
         progress=not args.no_progress,

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if manifest is None:
         if not args.phantom:
             p.error("give a MANIFEST.csv or --phantom N")
-        from ct3dzoo.data.synthetic import make_phantom_dataset
+        from ct3dzoo.phantom import make_phantom_dataset
 
         shape = (max(16, args.size[0]), max(64, args.size[1]), max(64, args.size[2]))
         manifest = make_phantom_dataset(

@@ -128,7 +128,7 @@ def rsna_items(root: Path, args: argparse.Namespace, cache: Path) -> list[dict[s
 
 
 def phantom_items(args: argparse.Namespace, out: Path, cache: Path) -> list[dict[str, Any]]:
-    from ct3dzoo.data.synthetic import make_phantom_dataset
+    from ct3dzoo.phantom import make_phantom_dataset
 
     manifest = make_phantom_dataset(
         out / "phantom", n=args.phantom, seed=args.seed, shape=tuple(args.phantom_shape),

@@ -1,6 +1,6 @@
 """Quickstart: the ten-line story on one synthetic chest CT, then the full demo.
 
-    python examples/quickstart.py                 # ~2-3 minutes on two CPU cores
+    python examples/quickstart.py                 # the demo's time: docs/benchmarks.md
     python examples/quickstart.py --tiny          # seconds: tiny sizes, one epoch
 
 Works offline: without cached Kinetics weights it says so and uses random weights.
@@ -16,9 +16,9 @@ import torch
 
 import ct3dzoo
 from ct3dzoo.data import apply_window, read_volume, resample
-from ct3dzoo.data.synthetic import make_phantom_dataset
 from ct3dzoo.demo import DEFAULTS, demo
 from ct3dzoo.errors import WeightsUnavailableError
+from ct3dzoo.phantom import make_phantom_dataset
 
 TINY = {"n_cases": 12, "n_val": 4, "epochs": 1, "size": (8, 32, 32), "phantom_shape": (16, 64, 64)}
 

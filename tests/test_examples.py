@@ -38,7 +38,7 @@ def test_quickstart(tmp_path: Path) -> None:
         == 0
     )
     assert (tmp_path / "story" / "dicom" / "case_0000").is_dir()
-    assert (tmp_path / "demo" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "demo" / "run" / "final" / "model.safetensors").is_file()
     assert (tmp_path / "demo" / "summary.json").is_file()
 
 

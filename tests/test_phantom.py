@@ -1,8 +1,9 @@
-"""Tests of the synthetic chest-CT phantom (`ct3dzoo.data.synthetic`)."""
+"""Tests of the synthetic chest-CT phantom (`ct3dzoo.phantom`): anatomy, findings, masks, files."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ct3dzoo.data.synthetic import (
+from ct3dzoo.phantom import (
     TISSUE_LABELS,
     PhantomCase,
     default_spacing,
@@ -172,7 +173,7 @@ def test_manifest_and_balance(dataset: Path) -> None:
         assert [r["label"] for r in rf] == [r["label"] for r in rows]
         for r in rf:
             assert (dataset.parent / r["path"]).exists() and r["path"].endswith(suffix)
-    assert not list(dataset.parent.rglob(".tmp-*"))
+    assert not list(dataset.parent.rglob("*.tmp"))  # no temporaries left by the atomic writes
     cases = _cases(dataset)
     assert [c["label"] for c in cases] == [int(r["label"]) for r in rows]
     assert all((c["finding"] is None) == (c["label"] == 0) for c in cases)
@@ -266,3 +267,160 @@ def test_lung_vessel_and_nodule_hu_knobs() -> None:
     lung = (base.tissue == T["lung"]) & (smooth.tissue == T["lung"])
     assert np.percentile(smooth.hu[lung], 99) < np.percentile(base.hu[lung], 99) - 100
     assert smooth.finding is not None and smooth.finding.hu == 100.0
+
+
+# ---------------------------------------------------------------------------- pinned output
+
+#: sha256 (first 16 hex digits) of ``hu`` as int16 and of ``tissue``, the HU sum and the finding
+#: of small cases, computed with ``ct3dzoo.data.synthetic`` before it moved to
+#: ``ct3dzoo.phantom`` (numpy 2.4, x86-64): the same seed must keep giving the same arrays.
+PINNED = [
+    ({"seed": 0, "finding": False}, "845655b60ffabdca", "0a9302a1c4026653", -42324733, None),
+    (
+        {"seed": 3, "finding": True, "finding_kind": "nodule"},
+        "2a8e77fc7e2a82c2",
+        "580e8d4af826ee63",
+        -41754070,
+        ("nodule", (9.337027616961203, 33.88334118021248, 18.981925209416886), 6.261121053865702),
+    ),
+    (
+        {"seed": 5, "finding": True, "finding_kind": "embolus"},
+        "a17580b67a086e7b",
+        "a68054619712dacd",
+        -42144679,
+        ("embolus", (9.019378687114903, 28.101744684263032, 30.130567568505093), 9.030234632348728),
+    ),
+    (
+        {"seed": 4, "finding": True, "nodule_radius_mm": (18.0, 28.0), "lung_vessel_hu": 300.0},
+        "d44955ca0eda41b2",
+        "0489353d0dd05204",
+        -45351378,
+        ("nodule", (11.405296280271736, 27.478413097551996, 21.25867149379781), 26.860696731416212),
+    ),
+]
+
+
+def _sha(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(("kwargs", "hu_sha", "tissue_sha", "hu_sum", "finding"), PINNED)
+def test_same_seed_same_arrays_as_before_the_move(
+    kwargs: dict, hu_sha: str, tissue_sha: str, hu_sum: int, finding: tuple | None
+) -> None:
+    c = make_chest_phantom(shape=(16, 64, 64), **kwargs)
+    assert int(c.hu.astype(np.int64).sum()) == hu_sum
+    assert _sha(c.hu.astype(np.int16)) == hu_sha and _sha(c.tissue) == tissue_sha
+    if finding is None:
+        assert c.finding is None
+    else:
+        assert (c.finding.kind, c.finding.centre, c.finding.radius_mm) == finding
+
+
+def test_dataset_seeds_as_before_the_move(tmp_path: Path) -> None:
+    nib = pytest.importorskip("nibabel")
+    make_phantom_dataset(tmp_path, n=3, seed=5, shape=(16, 48, 48), formats=("nifti",))
+    cases = _cases(tmp_path / "manifest.csv")
+    assert [(c["seed"], c["label"]) for c in cases] == [
+        (1345020871, 1),
+        (831260299, 1),
+        (853345059, 0),
+    ]
+    data = np.asarray(nib.load(tmp_path / "nifti" / "case_0001.nii.gz").dataobj)
+    assert _sha(data) == "8b7274ed373eb43a"
+
+
+# ---------------------------------------------------------------------------- lesion masks
+
+
+@pytest.mark.parametrize(("kind", "seed"), [("nodule", 3), ("nodule", 8), ("embolus", 5)])
+def test_mask_covers_the_painted_finding(kind: str, seed: int) -> None:
+    c = make_chest_phantom(shape=(24, 96, 96), seed=seed, finding=True, finding_kind=kind)
+    twin = make_chest_phantom(shape=(24, 96, 96), seed=seed, finding=False)
+    m = c.mask.astype(bool)
+    assert c.mask.dtype == np.uint8 and c.mask.shape == c.shape and m.sum() >= 6
+    assert set(np.unique(c.mask)) == {0, 1}
+    # the finding's centre is in the mask; the mask is the only place the twins differ in tissue
+    assert m[tuple(round(v) for v in c.finding.centre)]
+    assert np.array_equal(c.tissue != twin.tissue, m & (c.tissue != twin.tissue))
+    # the mask is where the finding dominates the voxel's partial volume: there the HU moved
+    # more than half way from what the negative twin has to the finding's attenuation
+    before = np.median(twin.hu[m])
+    moved = (np.median(c.hu[m]) - before) / (c.finding.hu - before)
+    assert 0.5 < moved <= 1.1, moved
+    # and it stands out from what surrounds it, as designed: aerated lung round a nodule,
+    # contrast-filled blood round an embolus
+    host = T["lung"] if kind == "nodule" else T["vessel"]
+    ring = _dilate(m, 2) & ~_dilate(m, 1) & (c.tissue == host)
+    assert ring.sum() >= 4
+    around = np.median(c.hu[ring])
+    if kind == "nodule":
+        assert around < -500 and before < -500
+    else:
+        assert around > 200 and before > 200
+    assert abs(np.median(c.hu[m]) - around) > 150
+
+
+def _dilate(m: np.ndarray, r: int) -> np.ndarray:
+    out = m.copy()
+    for axis in range(3):
+        for _ in range(r):
+            out = out | np.roll(out, 1, axis) | np.roll(out, -1, axis)
+    return out
+
+
+def test_negative_case_mask_is_empty(case0: PhantomCase) -> None:
+    assert case0.mask.shape == case0.shape and not case0.mask.any()
+
+
+def test_dataset_writes_masks_aligned_with_volumes(dataset: Path) -> None:
+    data = pytest.importorskip("ct3dzoo.data")
+    cases = _cases(dataset)
+    assert [c["mask"] for c in cases] == [f"masks/case_{i:04d}.nii.gz" for i in range(4)]
+    for c in cases:
+        mask = data.read_volume(dataset.parent / c["mask"])
+        case = _regen(c)
+        assert np.array_equal(mask.hu, case.mask) and np.allclose(mask.spacing, case.spacing)
+        assert mask.hu.any() == bool(c["label"])
+        if c["label"]:
+            # read back through both readers, the mask marks the finding's HU
+            for vol in (
+                data.read_volume(dataset.parent / "dicom" / c["case"]),
+                data.read_volume(dataset.parent / "nifti" / f"{c['case']}.nii.gz"),
+            ):
+                m = mask.hu > 0
+                assert np.array_equal(vol.hu[m], case.hu[m])
+                assert (
+                    np.median(vol.hu[m]) - np.median(vol.hu[_dilate(m, 2) & ~_dilate(m, 1)]) > 150
+                )
+
+
+def test_dataset_without_masks(tmp_path: Path) -> None:
+    pytest.importorskip("nibabel")
+    make_phantom_dataset(tmp_path, n=2, seed=1, shape=(8, 32, 32), formats=("nifti",), masks=False)
+    assert not (tmp_path / "masks").exists()
+    assert all(c["mask"] is None for c in _cases(tmp_path / "manifest.csv"))
+
+
+# ---------------------------------------------------------------------------- layering
+
+
+def test_phantom_sits_above_data() -> None:
+    """ct3dzoo.data never imports the phantom (also not inside functions); the phantom's
+    modules stay small."""
+    import ast
+
+    import ct3dzoo.data
+    import ct3dzoo.phantom
+
+    for path in Path(ct3dzoo.data.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any("phantom" in n or "synthetic" in n for n in names), (path, names)
+    for path in Path(ct3dzoo.phantom.__file__).parent.glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 400, path
