@@ -306,6 +306,14 @@ class CTModel(nn.Module):
             state = stage.run(state)
         return self._final_features(state)
 
+    def cam_layer(self) -> str:
+        """The module Grad-CAM hooks by default: the last stage's."""
+        return self.stages()[-1].module
+
+    def cam_reshape(self, output: torch.Tensor, input_shape: Sequence[int]) -> torch.Tensor:
+        """A hooked layer's output as a ``(B, C, D, H, W)`` map (family-specific layouts)."""
+        return output
+
     @property
     def feature_info(self) -> FeatureInfo:
         """Every stage's channels, stride ``(d, h, w)`` and module name (timm style)."""

@@ -102,6 +102,11 @@ class TokenMaps:
     def _final_features(self, state: tuple[torch.Tensor, tuple[int, ...]]) -> torch.Tensor:
         return state[0]
 
+    def cam_layer(self) -> str:
+        """The last block's ``norm1``: the tokens its attention reads. (After the final norm
+        the logit depends on the class token alone: zero gradient on the others.)"""
+        return f"backbone.blocks.{len(self.backbone.blocks) - 1}.norm1"
+
     def cam_reshape(self, output: torch.Tensor, input_shape: Sequence[int]) -> torch.Tensor:
         thw = [s // r for s, r in zip(self.fixed_size, self.stages()[-1].stride)]
         return self._stage_map((output, tuple(thw)))

@@ -82,6 +82,10 @@ class PVSlowFast(CTModel):
     def _stage_map(self, state: list[torch.Tensor]) -> torch.Tensor:
         return state[self.feature_pathway]
 
+    def cam_layer(self) -> str:
+        """The last stage's ``feature_pathway`` module (the stage itself returns a list)."""
+        return f"{self.stages()[-1].module}.multipathway_blocks.{self.feature_pathway}"
+
     def stages(self) -> list[Stage]:
         if self.feature_pathway not in (0, 1):
             raise ValueError(

@@ -144,6 +144,9 @@ class TVSwin3d(CTModel):
     def _final_features(self, state: torch.Tensor) -> torch.Tensor:
         return state.permute(0, 4, 1, 2, 3)
 
+    def cam_reshape(self, output: torch.Tensor, input_shape) -> torch.Tensor:
+        return output.permute(0, 4, 1, 2, 3)  # channels-last tokens
+
 
 def _build(builder, **kw):
     return TVSwin3d(builder, **kw)
