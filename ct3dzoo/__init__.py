@@ -28,7 +28,7 @@ __all__ = [
     "load",
     "predict",
 ]
-_LAZY_MODULES = ("data", "errors", "phantom", "viz", "train")
+_LAZY_MODULES = ("data", "errors", "explain", "phantom", "viz", "train")
 #: public name -> the module that defines it (imported on first access)
 _LAZY_NAMES = {
     "create_model": "._factory",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -91,3 +92,24 @@ def test_study_saliency_windows_scores_and_map():
     assert res.slice_scores[5] == pytest.approx(covering[0])
     with pytest.raises(ValueError, match="fewer than window"):
         study_saliency(model, vol[:8], window=16)
+
+
+def test_explain_command_writes_montage_curve_and_summary(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    pytest.importorskip("matplotlib")
+    from ct3dzoo.cli import main
+
+    hu = np.full((48, 48, 40), -800.0, dtype=np.float32)  # x, y, z (NIfTI order)
+    hu[20:30, 15:25, 28:34] = 60.0
+    path = tmp_path / "study.nii.gz"
+    nib.save(nib.Nifti1Image(hu, np.diag([-1.0, -1.0, 2.0, 1.0])), str(path))
+    out = tmp_path / "out"
+    rc = main(["explain", "r3d_18", str(path), "--out", str(out), "--pretrain", "none",
+               "--slices", "16", "--stride", "8", "--image-size", "48"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads((out / "saliency.json").read_text())
+    assert summary["window_starts"] == [0, 8, 16, 24]
+    s0, s1 = summary["best_window"]
+    assert s1 - s0 == 16 and summary["score"] == max(summary["window_scores"])
+    for f in ("saliency_montage.png", "slice_scores.png"):
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
