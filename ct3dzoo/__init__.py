@@ -17,6 +17,7 @@ from ._version import __version__
 __all__ = [
     "CTModel",
     "FinetuneResult",
+    "StudyPrediction",
     "__version__",
     "create_model",
     "errors",
@@ -27,6 +28,7 @@ __all__ = [
     "list_pretrained",
     "load",
     "predict",
+    "predict_study",
 ]
 _LAZY_MODULES = ("data", "errors", "explain", "phantom", "viz", "train")
 #: public name -> the module that defines it (imported on first access)
@@ -41,6 +43,8 @@ _LAZY_NAMES = {
     "finetune": ".train",
     "predict": ".train",
     "FinetuneResult": ".train",
+    "predict_study": ".train.study",
+    "StudyPrediction": ".train.study",
 }
 
 

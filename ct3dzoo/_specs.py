@@ -39,8 +39,10 @@ class InputContract:
       the in-domain weights were trained with).
     - ``"zscore"``: ``(hu - mean) / std`` over the volume's voxels (MedicalNet).
 
-    ``spacing`` (mm, D/H/W order = z, y, x), ``orientation`` (e.g. ``"RAS"``) and ``size``
-    (D, H, W) are set where the source states them.
+    ``spacing`` (mm, D/H/W order = z, y, x), ``orientation`` and ``size`` (D, H, W) are set
+    where the source states them. ``orientation`` gives MONAI's axis codes of the model
+    input's ``(D, H, W)`` axes (each letter: where that axis's index increases towards), so
+    ``"SPL"`` is ct3dzoo's own ``CTVolume`` layout.
     """
 
     kind: ContractKind
@@ -262,6 +264,23 @@ class ModelOptions:
     @classmethod
     def help(cls, name: str) -> str:
         return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+    @classmethod
+    def cli_kwargs(cls, name: str) -> dict[str, Any]:
+        """``argparse.add_argument`` keywords for option ``name`` (default, help, type), so a
+        command line never restates a default."""
+        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        kw: dict[str, Any] = {
+            "default": f.default,
+            "help": f"{f.metadata['help']} (default {f.default})",
+        }
+        if name in ("num_classes", "in_chans", "num_slices"):
+            kw["type"] = int
+        elif name == "drop_rate":
+            kw["type"] = float
+        elif name == "image_size":
+            kw.update(type=int, nargs="+", metavar=("H", "W"))
+        return kw
 
     def is_default(self, name: str) -> bool:
         value, default = getattr(self, name), self.default(name)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io.cache import cache_paths, cached_entry
-from ._specs import WeightsSpec
+from ._specs import ModelOptions, WeightsSpec
 from ._version import __version__
 
 __all__ = ["build_parser", "main"]
@@ -38,6 +38,10 @@ _PLUGINS = {
                  "fine-tune a model on a manifest of CT studies"),
     "demo": ("ct3dzoo.demo", "add_demo_parser", "run_demo",
              "end-to-end demo on a synthetic chest-CT phantom (offline)"),
+    "prepare": ("ct3dzoo.data.prepare_cli", "add_prepare_parser", "run_prepare",
+                "read a manifest's studies once into a compact cache (resumable, sharded)"),
+    "predict": ("ct3dzoo.train.study_cli", "add_predict_parser", "run_predict",
+                "whole-study prediction over slice windows; writes a CSV"),
     "explain": ("ct3dzoo.explain.cli", "add_explain_parser", "run_explain",
                 "Grad-CAM saliency over a CT study: montage + per-slice curve (PNG)"),
 }  # fmt: skip
@@ -202,7 +206,7 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, d
     p = sub.add_parser("export", help="write a Hub-ready folder of adapted weights")
     p.add_argument("name", metavar="ARCH.TAG")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--in-chans", type=int, default=1, help="input channels (default 1)")
+    p.add_argument("--in-chans", **ModelOptions.cli_kwargs("in_chans"))
     p.add_argument(
         "--from", dest="from_file", metavar="FILE", help="an already downloaded upstream file"
     )

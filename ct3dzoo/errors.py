@@ -10,10 +10,15 @@ from __future__ import annotations
 __all__ = [
     "CT3DZooError",
     "CheckpointMismatchError",
+    "CorruptVolumeError",
     "DicomSeriesError",
+    "GantryTiltWarning",
     "HashMismatchError",
+    "MissingFilesError",
     "NonUniformSpacingWarning",
     "NotACheckpointError",
+    "SingleClassValidationWarning",
+    "SkippedFileWarning",
     "UnsafeCheckpointError",
     "UnverifiedWeightsWarning",
     "WeightsUnavailableError",
@@ -57,3 +62,30 @@ class NonUniformSpacingWarning(UserWarning):
 
 class UnverifiedWeightsWarning(UserWarning):
     """Weights were cached without a published hash to check them against."""
+
+
+class SingleClassValidationWarning(UserWarning):
+    """The validation labels hold one class only (for some or all labels): AUROC and AUPRC
+    are undefined there; with none defined, ``finetune`` monitors the validation loss."""
+
+
+class GantryTiltWarning(UserWarning):
+    """A gantry-tilted DICOM series was resampled onto a regular grid along the slice normal."""
+
+
+class SkippedFileWarning(UserWarning):
+    """A file of a series could not be read (truncated or corrupt) and was left out; the
+    message names it."""
+
+
+class MissingFilesError(CT3DZooError, FileNotFoundError):
+    """Files a manifest names do not exist (or were not prepared); ``.paths`` lists them all."""
+
+    def __init__(self, message: str, paths: list[str]) -> None:
+        super().__init__(message)
+        self.paths = list(paths)
+
+
+class CorruptVolumeError(CT3DZooError, ValueError):
+    """A volume file (NIfTI, ``.npy``/``.npz``) is truncated or not what its name says; the
+    message names the file."""

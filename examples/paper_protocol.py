@@ -13,7 +13,9 @@ its windows' probabilities**, scored with study-level AUROC.
 ``ROOT/train.csv`` (StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID,
 pe_present_on_image, ...) and ``ROOT/train/<study>/<series>/<sop>.dcm``. Without it, CT
 pulmonary-angiogram phantoms with a filling defect (embolus) in a pulmonary artery stand in.
-Writes ``window_scores.csv``, ``study_scores.csv``, the run and the model under ``--out``.
+Validation studies are scored whole with `ct3dzoo.predict_study` (every window, max over
+windows, per-slice scores). Writes ``window_scores.csv``, ``study_scores.csv``, the run and
+the model under ``--out``.
 """
 
 from __future__ import annotations
@@ -195,21 +197,29 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     print(f"best {result.monitor} {result.best_metric} at epoch {result.best_epoch}")
 
-    window_probs = ct3dzoo.predict(model, val, batch_size=args.batch_size)[:, 0]
-    with open(args.out / "window_scores.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["study", "start", "stop", "label", "prob"])
-        for it, prob in zip(val.items, window_probs.tolist()):
-            w.writerow([it["study"], it["start"], it["stop"], it["label"], f"{prob:.6f}"])
-    study_probs = ct3dzoo.predict(model, val, batch_size=args.batch_size, aggregate="max")
-    study_label = defaultdict(int)
+    # whole-study prediction: every window of each validation study, max over windows
+    study_npy = {it["study"]: it["npy"] for it in val.items}
+    study_label: dict[str, int] = defaultdict(int)
+    window_label = {(it["study"], it["start"]): it["label"] for it in val.items}
     for it in val.items:
         study_label[it["study"]] = max(study_label[it["study"]], it["label"])
-    with open(args.out / "study_scores.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["study", "label", "prob"])
-        for study, prob in study_probs.items():
-            w.writerow([study, study_label[study], f"{float(prob[0]):.6f}"])
+    with (
+        open(args.out / "window_scores.csv", "w", newline="") as fw,
+        open(args.out / "study_scores.csv", "w", newline="") as fs,
+    ):
+        ww, ws = csv.writer(fw), csv.writer(fs)
+        ww.writerow(["study", "start", "stop", "label", "prob"])
+        ws.writerow(["study", "label", "prob", "top_slice"])
+        for study, npy in sorted(study_npy.items()):
+            x = np.load(npy, mmap_mode="r").astype(np.float32)  # windowed [0, 1], (D, H, W)
+            res = ct3dzoo.predict_study(
+                model, x, window=args.num_slices, stride=args.stride, reduce="max",
+                batch_size=args.batch_size,
+            )  # fmt: skip
+            for (a, b), prob in zip(res.window_ranges, res.window_scores[:, 0].tolist()):
+                ww.writerow([study, a, b, window_label.get((study, a), ""), f"{prob:.6f}"])
+            top = int(res.slice_scores[:, 0].argmax())
+            ws.writerow([study, study_label[study], f"{float(res.score[0]):.6f}", top])
     model.save_pretrained(str(args.out / "model"))
     print(f"study scores (max over windows) -> {args.out / 'study_scores.csv'}")
     return 0

@@ -173,8 +173,8 @@ def test_2d_pretrain_aliases(monkeypatch):
 
     monkeypatch.setattr("ct3dzoo._io.weights.load_pretrained_state_dict", fake)
     model = ct3dzoo.load("resnet18_2d", pretrain="imagenet", num_classes=1000)
-    assert seen["cfg"]["tag"] == "imagenet1k_v1"
-    assert seen["cfg"]["url"] == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert seen["cfg"].tag == "imagenet1k_v1"
+    assert seen["cfg"].url == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
     assert model.model_config["pretrain"] == "resnet18_2d.imagenet1k_v1"
     with pytest.raises(
         ValueError, match="resnet18_2d has no Kinetics weights: use pretrain='imagenet'"

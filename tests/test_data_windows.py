@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -139,3 +141,69 @@ def test_import_needs_only_numpy_and_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact"])
+@pytest.mark.parametrize("shape", [(3, 4, 5), (7, 2, 3), (12, 9, 8)])
+def test_resample_nearest_origin_is_the_copied_voxel(mode: str, shape: tuple) -> None:
+    # every voxel holds its own flat index, so each output voxel says which one was copied
+    src_shape = (6, 8, 10)
+    hu = np.arange(np.prod(src_shape), dtype=np.float32).reshape(src_shape)
+    direction = np.array([[0.0, 0.6, 0.8], [0.0, 0.8, -0.6], [1.0, 0.0, 0.0]])
+    vol = CTVolume(hu, spacing=(2.0, 0.5, 0.7), origin=(3.0, -4.0, 5.0), direction=direction)
+    out = resample(vol, shape=shape, mode=mode)
+    copied = np.unravel_index(int(out.hu[0, 0, 0]), src_shape)
+    np.testing.assert_allclose(
+        out.origin, vol.affine[:3, :3] @ np.asarray(copied) + vol.origin, atol=1e-9
+    )
+
+
+def test_resample_trilinear_origin_is_the_cell_centre() -> None:
+    vol = CTVolume(np.zeros((4, 4, 4)), spacing=(1.0, 1.0, 1.0))
+    out = resample(vol, shape=(2, 2, 2))
+    assert out.origin == pytest.approx((0.5, 0.5, 0.5))  # mean of voxels 0 and 1
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"spacing": 0}, "spacing must be one positive number"),
+        ({"spacing": (1.0, -1.0, 1.0)}, "spacing must be one positive number"),
+        ({"spacing": (1.0, float("nan"), 1.0)}, "spacing must be one positive number"),
+        ({"spacing": (1.0, 1.0)}, "three (z, y, x)"),
+        ({"shape": (0, 4, 4)}, "shape must be three positive integers"),
+        ({"shape": (-2, 4, 4)}, "shape must be three positive integers"),
+        ({"shape": (2.5, 4, 4)}, "shape must be three positive integers"),
+        ({"shape": (4, 4)}, "shape must be three positive integers"),
+        ({"shape": (4, 4, 4), "mode": "cubic"}, "mode must be one of"),
+        ({}, "exactly one of spacing= or shape="),
+    ],
+)
+def test_resample_bad_arguments(kw: dict, words: str) -> None:
+    vol = CTVolume(np.zeros((4, 4, 4)), spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match=re.escape(words)):
+        resample(vol, **kw)
+    with pytest.raises(ValueError, match="src_spacing must be one positive number"):
+        resample(np.zeros((4, 4, 4)), spacing=1.0, src_spacing=(0.0, 1.0, 1.0))
+
+
+def test_resample_carries_the_padding_mask() -> None:
+    mask = np.zeros((4, 4, 4), bool)
+    mask[:, 0, :] = True
+    vol = CTVolume(np.zeros((4, 4, 4)), meta={"padding_mask": mask})
+    out = resample(vol, shape=(2, 2, 2))
+    np.testing.assert_array_equal(out.meta["padding_mask"][:, 0, :], True)
+    np.testing.assert_array_equal(out.meta["padding_mask"][:, 1, :], False)
+    assert vol.meta["padding_mask"].shape == (4, 4, 4)
+
+
+def test_apply_window_on_numbers_and_0d() -> None:
+    assert apply_window(400, "pe") == 0.5 and isinstance(apply_window(400, "pe"), float)
+    assert apply_window(-2000.0, "pe") == 0.0
+    s = apply_window(np.float32(900.0), "pe")
+    assert isinstance(s, np.float32) and s == 1.0
+    a = apply_window(np.array(400.0), "pe")
+    assert isinstance(a, np.ndarray) and a.shape == () and a == 0.5
+    t = apply_window(torch.tensor(400.0), "pe")
+    assert t.shape == () and t.item() == 0.5
+    np.testing.assert_allclose(apply_window([-100, 400, 2000], "pe"), [0.0, 0.5, 1.0])

@@ -107,6 +107,11 @@ def test_paper_protocol_study_score_is_max_over_windows(tmp_path: Path) -> None:
         ]
         assert float(s["prob"]) == pytest.approx(max(float(w["prob"]) for w in ws), abs=1e-6)
         assert int(s["label"]) == max(int(w["label"]) for w in ws)
+        top = int(s["top_slice"])  # predict_study's per-slice scores: inside a best window
+        best = max(float(w["prob"]) for w in ws)
+        assert any(
+            int(w["start"]) <= top < int(w["stop"]) and float(w["prob"]) >= best - 2e-6 for w in ws
+        )
 
 
 def test_paper_protocol_window_labels(tmp_path: Path) -> None:

@@ -198,3 +198,34 @@ def test_help_does_not_import_torch():
     assert res.returncode == 0, res.stderr
     assert "finetune" in res.stdout and "x3d_xs" in res.stdout
     assert res.stdout.strip().endswith("False")
+
+
+def test_weights_rows_need_licence_citation_and_contract():
+    import dataclasses
+
+    import ct3dzoo
+    from ct3dzoo._specs import InputContract, WeightsSpec
+
+    for name in ct3dzoo.list_pretrained():
+        spec = ct3dzoo.get_pretrained_cfg(name)
+        assert isinstance(spec.input_contract, InputContract), name
+        assert spec.license and spec.citation, name
+    row = ct3dzoo.get_pretrained_cfg("r3d_18")
+    with pytest.raises(ValueError, match="needs its licence and citation"):
+        dataclasses.replace(row, license="")
+    fields = {f.name: f for f in dataclasses.fields(WeightsSpec)}
+    assert fields["input_contract"].default is dataclasses.MISSING  # no row without one
+    with pytest.raises(TypeError):
+        WeightsSpec(arch="a", tag="b", pretrain_source="video", file_format="x",
+                    license="MIT", citation="c")  # fmt: skip
+
+
+def test_cli_and_info_read_the_same_spec(capsys):
+    import ct3dzoo
+    from ct3dzoo.cli import main
+
+    assert main(["info", "swin3d_t"]) == 0
+    out = capsys.readouterr().out
+    spec = ct3dzoo.get_pretrained_cfg("swin3d_t")
+    assert f"input contract {spec.input_contract.describe()}" in " ".join(out.split())
+    assert spec.url in out and spec.license in out

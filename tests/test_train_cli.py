@@ -104,3 +104,75 @@ def test_cli_with_a_zoo_model(tmp_path: Path, capsys) -> None:
     assert state["epoch"] == 1
     if (out / "final").exists():  # save_pretrained output
         assert any((out / "final").iterdir())
+
+
+def test_flags_derive_from_finetune_config() -> None:
+    """Every CLI-visible FinetuneConfig field is a flag with the config's default and help."""
+    from dataclasses import MISSING, fields
+
+    from ct3dzoo.train import FinetuneConfig
+
+    parser = _parser()
+    args = parser.parse_args(["finetune", "t.csv", "--arch", "a", "--out", "o"])
+    sub = parser._subparsers._group_actions[0].choices["finetune"]  # the finetune parser
+    actions = {a.dest: a for a in sub._actions}
+    for f in fields(FinetuneConfig):
+        if not f.metadata["cli"]:
+            assert f.name not in actions, f.name
+            continue
+        assert "--" + f.name.replace("_", "-") in actions[f.name].option_strings, f.name
+        assert actions[f.name].help.startswith(f.metadata["help"]), f.name
+        if f.default is not MISSING:
+            assert getattr(args, f.name) == f.default, f.name
+    assert args.out_dir == "o" and actions["out_dir"].required
+    args = parser.parse_args(
+        ["finetune", "t.csv", "--arch", "a", "--out-dir", "o", "--accum", "3", "--workers", "2",
+         "--no-progress", "--balanced", "--min-lr-ratio", "0.1", "--pos-weight", "2", "3",
+         "--no-restore-best", "--task", "multilabel"]
+    )  # fmt: skip
+    assert (args.grad_accum_steps, args.num_workers, args.progress) == (3, 2, False)
+    assert args.balanced_sampling and args.min_lr_ratio == 0.1 and args.pos_weight == [2.0, 3.0]
+    assert args.restore_best is False and args.task == "multilabel"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["finetune", "t.csv", "--arch", "a", "--out", "o", "--freeze", "x"])
+
+
+def test_docs_table_defaults_match_finetune_config() -> None:
+    """docs/finetuning.md quotes defaults (`name=value` in its tables): they are the config's."""
+    import ast
+    import re
+    from dataclasses import fields
+
+    from ct3dzoo.train import FinetuneConfig
+
+    defaults = {f.name: f.default for f in fields(FinetuneConfig)}
+    text = (Path(__file__).resolve().parents[1] / "docs" / "finetuning.md").read_text()
+    checked = 0
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            continue
+        for name, value in re.findall(r"`(\w+)=([^`|]+)`", line):
+            if name in defaults:
+                assert ast.literal_eval(value) == defaults[name], (name, value)
+                checked += 1
+    assert checked >= 8
+
+
+def test_cli_parser_imports_neither_the_loop_nor_torchmetrics() -> None:
+    """``ct3dzoo finetune``'s parser needs only the config: building it stays cheap."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, argparse, ct3dzoo.train.cli as c\n"
+        "p = argparse.ArgumentParser(); c.add_finetune_parser(p.add_subparsers())\n"
+        "print(sorted(m for m in ('torchmetrics', 'ct3dzoo.train.loop', 'ct3dzoo.train.api')"
+        " if m in sys.modules))\n"
+        "from ct3dzoo.train import finetune, FinetuneConfig, predict, load_checkpoint\n"
+        "print(finetune.__module__, FinetuneConfig.__module__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[0] == "[]"
+    assert out[1] == "ct3dzoo.train.api ct3dzoo.train.config"

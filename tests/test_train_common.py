@@ -267,3 +267,35 @@ def test_checkpoint_roundtrip_weights_only_and_crash_fallback(tmp_path: Path) ->
     assert load_checkpoint(tmp_path / "last")["epoch"] == 3
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "nothing")
+
+
+def test_train_state_roundtrips_every_field_through_state_pt(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from ct3dzoo.train.state import TrainState, checkpoint_state, restore_checkpoint_state
+
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** (s + 1))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    opt.step()
+    sched.step()
+    st = TrainState(
+        epoch=3, batch=2, global_step=14, loss_sum=1.5, loss_count=6.0, epoch_time=0.25,
+        history=[{"epoch": 1.0, "val_auroc": 0.75}], best_metric=0.75, best_epoch=1,
+        bad_epochs=2, done=False, stopped_early=False, monitor="val_loss",
+        monitor_note="one class only",
+    )  # fmt: skip
+    assert {f.name for f in fields(TrainState)} <= set(vars(st))
+    payload = checkpoint_state(
+        st, task="binary", config={"lr": 0.1}, optimizer=opt, scheduler=sched, scaler=scaler
+    )
+    path = save_checkpoint(tmp_path / "last", model=model, state=payload)
+    saved = torch.load(path / STATE_NAME, weights_only=True)
+    opt2 = torch.optim.AdamW(make_model().parameters(), lr=0.1)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 0.5 ** (s + 1))
+    back = restore_checkpoint_state(saved, optimizer=opt2, scheduler=sched2, scaler=scaler)
+    assert back == st
+    assert sched2.last_epoch == 1 and opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    with pytest.raises(ValueError, match="not a finetune checkpoint"):
+        restore_checkpoint_state({"x": 1}, optimizer=opt2, scheduler=sched2, scaler=scaler)

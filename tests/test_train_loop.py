@@ -14,7 +14,8 @@ from test_train_common import SHAPE, BlobData, make_model
 from torchmetrics.functional.classification import binary_auroc
 
 from ct3dzoo.train import finetune, load_checkpoint, predict
-from ct3dzoo.train.loop import TIMING_KEYS, _param_groups
+from ct3dzoo.train.loop import TIMING_KEYS
+from ct3dzoo.train.optim import param_groups
 
 FAST = dict(progress=False, warmup_epochs=0.5)
 
@@ -81,6 +82,34 @@ def test_resume_of_finished_run_trains_no_more(trained) -> None:
     assert again.history == result.history and again.best_epoch == result.best_epoch
 
 
+def test_resume_with_more_epochs_trains_on_along_the_rebuilt_schedule(tmp_path: Path) -> None:
+    data, val = BlobData(16, seed=0), BlobData(8, seed=1)
+    kw = dict(lr=1e-2, batch_size=4, weight_decay=0.0, warmup_epochs=0.5, progress=False)
+    short = finetune(make_model(), data, val, epochs=2, out_dir=tmp_path / "run", **kw)
+    w_short = load_file(tmp_path / "run" / "last" / "model.safetensors")
+    longer = finetune(
+        make_model(seed=5), data, val, epochs=4, out_dir=tmp_path / "run", resume=True, **kw
+    )
+    assert longer.resumed_from == {"epoch": 2, "batch": 0}
+    assert longer.history[:2] == short.history  # epochs 1..2 are the original run's
+    assert [(h["epoch"], h["step"]) for h in longer.history] == [(1, 4), (2, 8), (3, 12), (4, 16)]
+    # the cosine schedule is rebuilt for 4 epochs (16 steps, 2 warm-up) and continues from
+    # step 8: the rate a run planned for 4 epochs has there, not the finished run's 0
+    assert short.history[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    expected = 1e-2 * 0.5 * (1 + math.cos(math.pi * (12 - 2) / (16 - 2)))
+    assert longer.history[2]["lr"] == pytest.approx(expected)
+    assert longer.history[3]["lr"] == pytest.approx(0.0, abs=1e-12)
+    planned = finetune(make_model(), data, val, epochs=4, out_dir=tmp_path / "planned", **kw)
+    assert [h["lr"] for h in longer.history[2:]] == pytest.approx(
+        [h["lr"] for h in planned.history[2:]]
+    )
+    w_long = load_file(tmp_path / "run" / "last" / "model.safetensors")
+    assert any(not torch.equal(w_short[k], w_long[k]) for k in w_short)  # it trained
+    state = torch.load(tmp_path / "run" / "last" / "state.pt", weights_only=True)
+    assert state["epoch"] == 4 and state["done"] is True and state["config"]["epochs"] == 4
+    assert math.isfinite(longer.history[3]["train_loss"])
+
+
 def test_predict_study_aggregation_is_max_over_windows(trained) -> None:
     model, _, _ = trained
     data = BlobData(12, seed=3, windows_per_study=3)
@@ -135,7 +164,7 @@ def test_freeze_modes_and_backbone_lr_scale(tmp_path: Path) -> None:
     changed, _ = run()
     assert all(changed.values())
 
-    groups = _param_groups(make_model(), lr=1.0, backbone_lr_scale=0.1, weight_decay=0.05)
+    groups = param_groups(make_model(), lr=1.0, backbone_lr_scale=0.1, weight_decay=0.05)
     by = {(g["lr"], g["weight_decay"]): sum(p.numel() for p in g["params"]) for g in groups}
     assert by == {(0.1, 0.0): 16, (0.1, 0.05): 8 * 27 + 8 * 8 * 27, (1.0, 0.0): 1, (1.0, 0.05): 8}
 
@@ -252,3 +281,14 @@ def test_fp16_uses_grad_scaler_and_saves_its_state(tmp_path: Path) -> None:
     assert math.isfinite(r.history[0]["train_loss"])
     scaler = torch.load(tmp_path / "last" / "state.pt", weights_only=True)["scaler"]
     assert scaler["scale"] > 0 and scaler["_growth_tracker"] == 2  # two unskipped steps
+
+
+def test_config_object_with_keyword_overrides(tmp_path: Path) -> None:
+    from ct3dzoo.train import FinetuneConfig
+
+    cfg = FinetuneConfig(out_dir=tmp_path / "a", epochs=1, lr=0.5, batch_size=8, progress=False)
+    data = BlobData(16, seed=0)
+    r = finetune(make_model(), data, config=cfg, warmup_epochs=0.0, min_lr_ratio=0.5)
+    assert r.out_dir == tmp_path / "a" and len(r.history) == 1
+    assert r.history[0]["lr"] == pytest.approx(0.5 * 0.5)  # the end of the cosine: lr * ratio
+    assert cfg.warmup_epochs == 1.0  # the config object itself is unchanged (frozen)

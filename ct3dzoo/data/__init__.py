@@ -8,9 +8,16 @@ HU, ``D`` inferior -> superior, ``H`` anterior -> posterior, ``W`` patient right
 
 from . import transforms
 from .dataset import CTDataset, read_manifest
-from .dicom import DicomSeriesError, NonUniformSpacingWarning, read_dicom_series
+from .dicom import (
+    DicomSeriesError,
+    GantryTiltWarning,
+    NonUniformSpacingWarning,
+    SkippedFileWarning,
+    read_dicom_series,
+)
 from .geometry import resample, slice_window_bounds, slice_windows
 from .io import read_nifti, read_volume
+from .preparation import PrepareResult, prepare
 from .volume import CTVolume
 from .windows import WINDOWS, apply_window, resolve_window, stack_windows
 
@@ -19,8 +26,12 @@ __all__ = [
     "CTDataset",
     "CTVolume",
     "DicomSeriesError",
+    "GantryTiltWarning",
     "NonUniformSpacingWarning",
+    "PrepareResult",
+    "SkippedFileWarning",
     "apply_window",
+    "prepare",
     "read_dicom_series",
     "read_manifest",
     "read_nifti",

@@ -6,7 +6,6 @@ import csv
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._io.atomic import atomic_path
+from ..errors import MissingFilesError
+from .cache import failed_studies, read_options, study_dir
 from .geometry import resample
 from .io import read_volume
 from .volume import CTVolume
@@ -91,6 +93,13 @@ class CTDataset(Dataset):
         cache_dir: folder for the preprocessed-volume cache (created if missing).
         spacing, shape: resample to this spacing (mm) or shape before caching.
         label_columns: which CSV columns are labels (default: all but path/id/group/study).
+        prepared: a folder filled by `prepare` (``ct3dzoo prepare``) for this manifest:
+            items are read from its int16 HU arrays, memory-mapped, nothing is decoded;
+            ``spacing``/``shape``/``cache_dir`` must then be left unset.
+
+    Raises:
+        MissingFilesError: manifest rows whose file/folder does not exist (all listed),
+            or, with ``prepared``, studies absent from the cache (with their errors).
 
     Items: ``{"image": float32 (C, D, H, W) in [0, 1], "label": float32 (num_labels,),
     "id": str, "group": str}`` (``group`` = study key, defaults to ``id``).
@@ -107,9 +116,25 @@ class CTDataset(Dataset):
         shape: Sequence[int] | None = None,
         label_columns: Sequence[str] | None = None,
         reader: Callable[[Path], CTVolume] = read_volume,
+        prepared: str | os.PathLike | None = None,
     ) -> None:
         self.records, self.label_columns = read_manifest(manifest, label_columns)
         self.transform, self.windows = transform, windows
+        self.prepared = Path(prepared) if prepared is not None else None
+        if self.prepared is not None:
+            if spacing is not None or shape is not None or cache_dir is not None:
+                raise ValueError(
+                    "prepared= holds volumes already resampled by `prepare`; leave spacing=, "
+                    "shape= and cache_dir= unset (pass them to prepare instead)."
+                )
+            self._check_prepared()
+        elif reader is read_volume:
+            missing = [str(r["path"]) for r in self.records if not r["path"].exists()]
+            if missing:
+                raise MissingFilesError(
+                    f"{len(missing)} manifest path(s) do not exist:\n  " + "\n  ".join(missing),
+                    missing,
+                )
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +154,34 @@ class CTDataset(Dataset):
             default=list,
         )
         return hashlib.sha1(ident.encode()).hexdigest()[:20]
+
+    def _check_prepared(self) -> None:
+        assert self.prepared is not None
+        if read_options(self.prepared) is None:
+            raise FileNotFoundError(
+                f"{self.prepared} is not a prepared folder (no prepare.json); run "
+                "`ct3dzoo prepare MANIFEST --out DIR` first."
+            )
+        absent = [r for r in self.records if not (study_dir(self.prepared, r) / "hu.npy").is_file()]
+        if absent:
+            errors = failed_studies(self.prepared)
+            lines = []
+            for r in absent:
+                err = errors.get(study_dir(self.prepared, r).name)
+                lines.append(
+                    f"{r['id']} ({r['path']}): " + (err["error"] if err else "not prepared yet")
+                )
+            raise MissingFilesError(
+                f"{len(absent)} study(ies) of the manifest are not in {self.prepared}:\n  "
+                + "\n  ".join(lines),
+                [str(r["path"]) for r in absent],
+            )
+
+    def _load_prepared(self, rec: dict[str, Any]) -> tuple[np.ndarray, tuple[float, ...]]:
+        assert self.prepared is not None
+        d = study_dir(self.prepared, rec)
+        spacing = tuple(json.loads((d / "meta.json").read_text())["spacing"])
+        return np.load(d / "hu.npy", mmap_mode="r"), spacing
 
     def _load(self, path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
         def fresh() -> CTVolume:
@@ -152,11 +205,13 @@ class CTDataset(Dataset):
 
     def load_hu(self, index: int) -> tuple[np.ndarray, tuple[float, ...]]:
         """HU array ``(D, H, W)`` (memory-mapped when cached) and its spacing."""
+        if self.prepared is not None:
+            return self._load_prepared(self.records[index])
         return self._load(self.records[index]["path"])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
-        hu, _ = self._load(rec["path"])
+        hu, _ = self.load_hu(index)
         x = torch.from_numpy(np.array(hu, dtype=np.float32)).unsqueeze(0)
         if self.transform is not None:
             x = self.transform(x)
@@ -176,15 +231,9 @@ class CTDataset(Dataset):
 
 
 def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write via a temp file in the same folder + `os.replace` (safe with many workers)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write through ``write(fh)`` atomically (safe with many workers filling one cache)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:

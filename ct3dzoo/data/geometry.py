@@ -15,6 +15,7 @@ from .volume import CTVolume
 __all__ = ["resample", "slice_window_bounds", "slice_windows"]
 
 T = TypeVar("T", CTVolume, np.ndarray, torch.Tensor)
+_MODES = ("trilinear", "nearest", "nearest-exact", "area")
 
 
 def _interp(x: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
@@ -39,7 +40,9 @@ def resample(
     The field of view is kept (voxel edges aligned, ``align_corners=False``), so the
     actual spacing is ``old_spacing * old_shape / new_shape`` — equal to the requested
     spacing up to rounding of the shape; a `CTVolume` result reports that actual spacing
-    and the shifted origin.
+    and the origin of its first voxel: for ``"nearest"``/``"nearest-exact"`` the centre of
+    the source voxel actually copied there, otherwise the centre of the averaged cell.
+    A ``meta["padding_mask"]`` is resampled along (True where any padding contributes).
 
     Args:
         volume: `CTVolume`, or array/tensor ``(..., D, H, W)`` (HU or [0, 1]).
@@ -50,41 +53,82 @@ def resample(
 
     Returns:
         Same type as ``volume``; tensors stay on their device.
+
+    Raises:
+        ValueError: both or neither of ``spacing``/``shape``; a spacing that is not
+            positive and finite; a shape that is not three integers >= 1; an unknown mode.
     """
     if (spacing is None) == (shape is None):
         raise ValueError("Pass exactly one of spacing= or shape=")
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {', '.join(_MODES)}; got {mode!r}")
     src = volume.hu if isinstance(volume, CTVolume) else volume
+    if src.ndim < 3:
+        raise ValueError(f"resample needs (..., D, H, W); got shape {tuple(src.shape)}")
     in_shape = tuple(src.shape[-3:])
     old_sp = volume.spacing if isinstance(volume, CTVolume) else src_spacing
     if spacing is not None:
         if old_sp is None:
             raise ValueError("resample(spacing=...) on an array needs src_spacing=(z, y, x) mm")
-        sp = (float(spacing),) * 3 if np.isscalar(spacing) else tuple(spacing)  # type: ignore[arg-type]
+        sp = _triple(spacing, "spacing")
+        _triple(old_sp, "src_spacing")
         shape = tuple(max(1, round(n * o / s)) for n, o, s in zip(in_shape, old_sp, sp))
     assert shape is not None
-    shape = tuple(int(s) for s in shape)
+    shape = _shape3(shape)
     if isinstance(src, torch.Tensor):
         x = src if src.is_floating_point() else src.float()
         out = _interp(x, shape, mode)
     else:
-        with torch.inference_mode():
-            out = _interp(
-                torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)), shape, mode
-            )
-        out = out.numpy()
+        out = _interp_np(src, shape, mode)
     if not isinstance(volume, CTVolume):
         return out  # type: ignore[return-value]
     scale = np.asarray(in_shape, dtype=np.float64) / np.asarray(shape)
     new_sp = np.asarray(volume.spacing) * scale
-    # centre of new voxel 0 sits at old index (scale - 1) / 2 along each axis
-    shift = volume.direction @ ((scale - 1.0) / 2.0 * np.asarray(volume.spacing))
+    # array index (in the old grid) of the centre of new voxel 0: the voxel copied for the
+    # nearest modes (torch: floor(i * scale) / floor((i + 0.5) * scale)), else the centre of
+    # the averaged cell (voxel edges aligned)
+    if mode == "nearest":
+        first = np.zeros(3)
+    elif mode == "nearest-exact":
+        first = np.minimum(np.floor(0.5 * scale), np.asarray(in_shape) - 1)
+    else:
+        first = (scale - 1.0) / 2.0
+    shift = volume.direction @ (first * np.asarray(volume.spacing))
+    meta = dict(volume.meta)
+    mask = meta.get("padding_mask")
+    if isinstance(mask, np.ndarray) and mask.shape == in_shape:
+        meta["padding_mask"] = _interp_np(mask.astype(np.float32), shape, mode) > 0
     return replace(
         volume,
         hu=out,
         spacing=tuple(new_sp),
         origin=tuple(np.asarray(volume.origin) + shift),
-        meta=dict(volume.meta),
+        meta=meta,
     )  # type: ignore[return-value]
+
+
+def _interp_np(src: np.ndarray, shape: Sequence[int], mode: str) -> np.ndarray:
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32))
+        return _interp(x, shape, mode).numpy()
+
+
+def _triple(v: Sequence[float] | float, name: str) -> tuple[float, float, float]:
+    t = (float(v),) * 3 if np.isscalar(v) else tuple(float(s) for s in v)  # type: ignore[arg-type,union-attr]
+    if len(t) != 3 or not all(np.isfinite(s) and s > 0 for s in t):
+        raise ValueError(f"{name} must be one positive number or three (z, y, x) in mm; got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+def _shape3(shape: Sequence[int]) -> tuple[int, int, int]:
+    try:
+        t = tuple(int(s) for s in shape)
+        ok = len(t) == 3 and all(s >= 1 and s == float(v) for s, v in zip(t, shape))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"shape must be three positive integers (D, H, W); got {shape!r}")
+    return t  # type: ignore[return-value]
 
 
 def slice_window_bounds(

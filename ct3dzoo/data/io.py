@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Sequence
+import zipfile
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..errors import CorruptVolumeError
 from .dicom import read_dicom_series
 from .volume import CTVolume, reorient_to_lps, split_affine
 
@@ -29,16 +33,21 @@ def read_nifti(path: str | os.PathLike, *, reorient: bool = True) -> CTVolume:
         import nibabel as nib
     except ImportError as e:  # pragma: no cover - exercised only without the extra
         raise ImportError("Reading NIfTI needs nibabel: pip install 'ct3dzoo[nifti]'") from e
-    img = nib.load(str(path))
-    shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        data = np.asarray(img.get_fdata(dtype=np.float32))[..., 0]
-    elif len(shape) == 3:
-        data = img.get_fdata(dtype=np.float32)
-    else:
-        raise ValueError(
-            f"{path}: expected a 3-D NIfTI volume, got shape {shape}; split 4-D series first."
-        )
+    try:
+        img = nib.load(str(path))
+        shape = img.shape
+        if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] != 1):
+            raise ValueError(
+                f"{path}: expected a 3-D NIfTI volume, got shape {shape}; split 4-D series first."
+            )
+        data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape[:3])
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, zlib.error, nib.filebasedimages.ImageFileError) as e:
+        raise CorruptVolumeError(
+            f"{path} cannot be read as NIfTI ({type(e).__name__}: {e}): the file is truncated "
+            "or not a NIfTI volume. Re-export or copy it again."
+        ) from e
     affine = _RAS_TO_LPS @ img.affine
     if reorient:
         data, affine = reorient_to_lps(data, affine)
@@ -47,21 +56,39 @@ def read_nifti(path: str | os.PathLike, *, reorient: bool = True) -> CTVolume:
     return CTVolume(hu=data, spacing=spacing, origin=origin, direction=direction, meta=meta)
 
 
+@contextlib.contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """Turn numpy's low-level read errors into `CorruptVolumeError` naming the file."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise CorruptVolumeError(
+            f"{path} cannot be read as {path.suffix} ({type(e).__name__}: {e}): the file is "
+            "truncated or not a numpy array file. Save it again (CTVolume.save_npz)."
+        ) from e
+
+
 def _read_numpy(path: Path, spacing: Sequence[float] | None) -> CTVolume:
     meta: dict[str, Any] = {"source": str(path), "format": path.suffix.lstrip(".")}
+    kw: dict[str, Any] = {}
+    stored = None
     if path.suffix == ".npz":
-        with np.load(path) as z:
+        with _readable(path), np.load(path) as z:
             key = next((k for k in ("hu", "image", "volume", "arr_0") if k in z), None)
-            if key is None:
-                raise ValueError(f"{path}: no 'hu' array inside (keys: {sorted(z.files)})")
-            kw: dict[str, Any] = {"hu": z[key]}
-            for k in ("origin", "direction"):
-                if k in z:
-                    kw[k] = z[k]
-            stored = z.get("spacing", None)
+            files = sorted(z.files)
+            if key is not None:
+                kw["hu"] = z[key]
+                for k in ("origin", "direction"):
+                    if k in z:
+                        kw[k] = z[k]
+                stored = z.get("spacing", None)
+        if key is None:
+            raise ValueError(f"{path}: no 'hu' array inside (keys: {files})")
     else:
-        kw = {"hu": np.load(path, mmap_mode="r")}
-        stored = None
+        with _readable(path):
+            kw["hu"] = np.load(path, mmap_mode="r")
     sp = spacing if spacing is not None else stored
     if sp is None:
         raise ValueError(

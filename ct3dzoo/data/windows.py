@@ -45,11 +45,12 @@ def apply_window(hu: ArrayT, window: WindowSpec) -> ArrayT:
     """Map HU to [0, 1]: ``clip((hu - (c - w/2)) / w, 0, 1)``.
 
     Args:
-        hu: numpy array or torch tensor of any shape, in HU.
+        hu: numpy array or torch tensor of any shape (0-d included), or a number, in HU.
         window: preset name (see `WINDOWS`) or ``(centre, width)`` in HU.
 
     Returns:
-        Same type (and torch device) as ``hu``, float32 unless ``hu`` is float64/float16.
+        Same type (and torch device) as ``hu``, float32 unless ``hu`` is float64/float16;
+        a Python number gives a float, a list an array.
     """
     c, w = resolve_window(window)
     lo = c - w / 2.0
@@ -59,8 +60,13 @@ def apply_window(hu: ArrayT, window: WindowSpec) -> ArrayT:
     x = np.asarray(hu)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32)
-    out = (x - x.dtype.type(lo)) * x.dtype.type(1.0 / w)
-    return np.clip(out, 0.0, 1.0, out=out)
+    out = np.asarray((x - x.dtype.type(lo)) * x.dtype.type(1.0 / w))
+    np.clip(out, 0.0, 1.0, out=out)
+    if isinstance(hu, np.ndarray):
+        return out  # type: ignore[return-value]
+    if x.ndim == 0:  # a number in, a number out (numpy scalars keep their dtype)
+        return out[()] if isinstance(hu, np.generic) else float(out)  # type: ignore[return-value]
+    return out  # type: ignore[return-value]
 
 
 def stack_windows(hu: ArrayT, windows: Sequence[WindowSpec] | WindowSpec, dim: int = 0) -> ArrayT:

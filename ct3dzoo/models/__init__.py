@@ -1,6 +1,8 @@
 """Model families. Importing this package registers every architecture."""
 
 from . import (  # noqa: F401
+    ct_fm,
+    merlin,
     penet,
     pv_mvit,
     pv_resnet,

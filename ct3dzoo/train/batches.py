@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, Subset
 
 from .metrics import Task
 
@@ -17,6 +17,7 @@ __all__ = [
     "Batch",
     "EpochSampler",
     "IndexedDataset",
+    "all_labels",
     "infer_task",
     "item_label",
     "make_targets",
@@ -200,16 +201,24 @@ def unpack(collated: Any) -> Batch:
 
 
 def item_label(dataset: Any, index: int) -> torch.Tensor:
-    """The label of one item (from a ``CTDataset``'s manifest without decoding, else by
-    loading the item)."""
+    """The label of one item (from a ``CTDataset``'s manifest without decoding, also through
+    ``torch.utils.data.Subset``; else by loading the item)."""
     from ..data import CTDataset
 
+    if isinstance(dataset, Subset):
+        return item_label(dataset.dataset, int(dataset.indices[index]))
     if isinstance(dataset, CTDataset):
         return torch.tensor(dataset.records[index]["labels"], dtype=torch.float32)
     _, label, _ = _split_item(dataset[index])
     if label is None:
-        raise ValueError(f"item {index} of the training data has no label")
+        raise ValueError(f"item {index} of the dataset has no label")
     return torch.as_tensor(label)
+
+
+def all_labels(dataset: Any) -> torch.Tensor:
+    """Every item's label stacked ``(N, ...)`` (free for a ``CTDataset``: its manifest;
+    otherwise each item is loaded once)."""
+    return torch.stack([torch.as_tensor(item_label(dataset, i)) for i in range(len(dataset))])
 
 
 def infer_task(label: torch.Tensor, num_classes: int) -> Task:
@@ -253,6 +262,15 @@ def make_targets(label: torch.Tensor, task: Task, num_classes: int) -> torch.Ten
         raise ValueError(
             f"label batch shape {tuple(label.shape)} does not match model.num_classes="
             f"{num_classes} ({task} needs ({b}, {num_classes}))"
+        )
+    bad = target[(target != 0) & (target != 1)]
+    if bad.numel():
+        values = sorted({float(v) for v in bad.tolist()}, key=lambda v: (math.isnan(v), v))
+        shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        raise ValueError(
+            f"{task} labels must be 0 or 1, got {shown}. Map them to 0/1 (e.g. 1/2 -> 0/1), "
+            "fill or drop missing (NaN) labels, or, for K classes 0..K-1, use a model with "
+            "num_classes=K (multi-class)"
         )
     return target
 

@@ -1,8 +1,8 @@
 """Atomic training checkpoints: ``model.safetensors`` + ``state.pt`` in one directory.
 
 A checkpoint directory is written complete under a temporary name and then swapped in with
-``os.replace``, so a run killed at any moment leaves either the old or the new checkpoint,
-never a mix. ``state.pt`` holds only tensors and plain containers (RNG states included), so
+``os.replace`` (``ct3dzoo._io.atomic.atomic_path``), so a run killed at any moment leaves
+either the old or the new checkpoint, never a mix. ``state.pt`` holds only tensors and plain containers (RNG states included), so
 it loads with ``torch.load(..., weights_only=True)``.
 """
 
@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .._io.atomic import atomic_path, fsync_dir
+
 __all__ = [
     "STATE_NAME",
     "WEIGHTS_NAME",
@@ -27,40 +29,10 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "set_rng_state",
-    "write_text_atomic",
 ]
 
 WEIGHTS_NAME = "model.safetensors"
 STATE_NAME = "state.pt"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -80,26 +52,27 @@ def save_checkpoint(
     ``metadata`` (JSON-serialisable values) goes into the safetensors header.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     prev = path.with_name(f".{path.name}.prev")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
+        shutil.rmtree(stale, ignore_errors=True)
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-    save_file(_weights(model), tmp / WEIGHTS_NAME, metadata=meta)
-    _fsync_file(tmp / WEIGHTS_NAME)
-    if state is not None:
-        with open(tmp / STATE_NAME, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-    _fsync_dir(tmp)
-    # Directories cannot be replaced while non-empty: park the old one, swap, then drop it.
-    # A crash in between leaves ``.prev``, which find_checkpoint() falls back to.
-    if path.exists():
-        shutil.rmtree(prev, ignore_errors=True)
-        os.replace(path, prev)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    # flushed here (not by atomic_path) so that the old checkpoint is parked only right
+    # before the rename: a kill finds ``path`` or ``.prev`` complete, never neither for long
+    with atomic_path(path, fsync=False) as tmp:
+        tmp.mkdir()
+        save_file(_weights(model), tmp / WEIGHTS_NAME, metadata=meta)
+        if state is not None:
+            torch.save(state, tmp / STATE_NAME)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        # A folder cannot replace a non-empty one: park the old checkpoint first. A crash
+        # before the swap leaves ``.prev``, which find_checkpoint() falls back to.
+        if path.exists():
+            shutil.rmtree(prev, ignore_errors=True)
+            os.replace(path, prev)
+    fsync_dir(path.parent)
     shutil.rmtree(prev, ignore_errors=True)
     return path
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import MISSING, Field
 from typing import Any
+
+from .._specs import ModelOptions
+from .config import DATA, OPTIM, RUN, config_fields
 
 __all__ = ["add_finetune_parser", "run_finetune"]
 
@@ -41,46 +45,43 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="kinetics",
         help="'kinetics', a tag, a checkpoint path, or 'none' for random init",
     )
-    p.add_argument("--out", required=True, help="output directory (checkpoints, log.jsonl)")
     p.add_argument("--num-classes", type=int, help="model outputs (default: label columns)")
-    p.add_argument("--task", choices=["binary", "multilabel", "multiclass"])
-    p.add_argument("--head", default="linear", help="linear, mlp or attention")
-    p.add_argument("--drop-rate", type=float, default=0.0)
+    p.add_argument("--head", **ModelOptions.cli_kwargs("head"))
+    p.add_argument("--drop-rate", **ModelOptions.cli_kwargs("drop_rate"))
     g = p.add_argument_group("data")
     g.add_argument("--windows", nargs="+", default=["pe"], help="HU window preset(s): channels")
     g.add_argument("--shape", nargs=3, type=int, metavar=("D", "H", "W"), help="resample to")
     g.add_argument("--spacing", nargs=3, type=float, metavar=("Z", "Y", "X"), help="in mm")
     g.add_argument("--cache-dir", help="cache of preprocessed volumes")
     g.add_argument("--label-columns", nargs="+", help="label columns (default: all others)")
-    g.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    g.add_argument("--balanced", action="store_true", help="class-balanced sampling")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=10)
-    g.add_argument("--lr", type=float, default=1e-4)
-    g.add_argument("--batch-size", type=int, default=2, help="per process")
-    g.add_argument("--accum", type=int, default=1, help="gradient accumulation steps")
-    g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--backbone-lr-scale", type=float, default=1.0)
-    g.add_argument("--freeze", choices=["none", "backbone", "stem"], default="none")
-    g.add_argument("--warmup-epochs", type=float, default=1.0)
-    g.add_argument("--max-grad-norm", type=float)
-    g.add_argument("--pos-weight", type=float, nargs="+", help="BCE positive weight(s)")
-    g.add_argument("--patience", type=int, help="early-stopping patience (epochs)")
-    g.add_argument("--monitor", help="metric for best/early stopping (default: val AUROC)")
-    g.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("hardware and checkpoints")
-    g.add_argument("--device", help="default: cuda if available, else cpu")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    g.add_argument(
-        "--channels-last", action=argparse.BooleanOptionalAction, help="default: on CUDA"
-    )
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--grad-checkpointing", action="store_true")
-    g.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/last")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    groups = {DATA: g, OPTIM: p.add_argument_group(OPTIM), RUN: p.add_argument_group(RUN)}
+    for f in config_fields():
+        if f.metadata["cli"]:
+            _add_option(groups[f.metadata["group"]], f)
     p.set_defaults(func=run_finetune)
     return p
+
+
+def _add_option(group: Any, f: Field[Any]) -> None:
+    """One ``--flag`` from a :class:`FinetuneConfig` field: name, default, help, type."""
+    meta = f.metadata
+    flags = ["--" + f.name.replace("_", "-"), *meta["flags"]]
+    kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
+    if f.default is MISSING:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = f.default
+        if f.default is not None:
+            kwargs["help"] += " (default: %(default)s)"
+    if isinstance(f.default, bool) or f.type in ("bool", "bool | None"):
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kind = meta["type"] or (type(f.default) if f.default not in (None, MISSING) else str)
+        kwargs["type"] = kind
+        for key in ("choices", "nargs"):
+            if meta[key] is not None:
+                kwargs[key] = meta[key]
+    group.add_argument(*flags, **kwargs)
 
 
 def _build_dataset(manifest: str, args: argparse.Namespace) -> Any:
@@ -116,44 +117,18 @@ def _build_model(args: argparse.Namespace, num_classes: int) -> Any:
 
 def run_finetune(args: argparse.Namespace) -> int:
     """Run ``ct3dzoo finetune``; returns the process exit code."""
-    from .loop import TIMING_KEYS, finetune
+    from .api import finetune
+    from .loop import TIMING_KEYS
 
     try:
         train = _build_dataset(args.train, args)
         val = _build_dataset(args.val, args) if args.val else None
         num_classes = args.num_classes or len(getattr(train, "label_columns", [])) or 1
         model = _build_model(args, num_classes)
-        result = finetune(
-            model,
-            train,
-            val,
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            out_dir=args.out,
-            task=args.task,
-            weight_decay=args.weight_decay,
-            backbone_lr_scale=args.backbone_lr_scale,
-            freeze=args.freeze,
-            warmup_epochs=args.warmup_epochs,
-            grad_accum_steps=args.accum,
-            max_grad_norm=args.max_grad_norm,
-            pos_weight=args.pos_weight,
-            balanced_sampling=args.balanced,
-            precision=args.precision,
-            channels_last=args.channels_last,
-            compile=args.compile,
-            grad_checkpointing=args.grad_checkpointing,
-            patience=args.patience,
-            monitor=args.monitor,
-            checkpoint_every_steps=args.checkpoint_every,
-            resume=args.resume,
-            seed=args.seed,
-            num_workers=args.workers,
-            device=args.device,
-            label_names=getattr(train, "label_columns", None) if num_classes > 1 else None,
-            progress=not args.no_progress,
-        )
+        options = {f.name: getattr(args, f.name) for f in config_fields() if f.metadata["cli"]}
+        if num_classes > 1:
+            options["label_names"] = getattr(train, "label_columns", None)
+        result = finetune(model, train, val, **options)
     except (ValueError, FileNotFoundError, FloatingPointError, KeyError) as e:
         print(f"ct3dzoo finetune: error: {e}", file=sys.stderr)
         return 1
@@ -162,6 +137,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         "epochs": len(result.history),
         "last": last,
         "monitor": result.monitor,
+        "monitor_note": result.monitor_note,
         "best_metric": result.best_metric,
         "best_epoch": result.best_epoch,
         "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,

@@ -11,12 +11,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .batches import EpochSampler, IndexedDataset, unpack
+from .config import Precision
 from .distributed import DistContext, setup_distributed
 from .metrics import Task, aggregate_by_group, probabilities
 
 __all__ = ["Precision", "predict"]
-
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 def _autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:

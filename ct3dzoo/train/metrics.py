@@ -9,9 +9,15 @@ from typing import Literal
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
-__all__ = ["Task", "aggregate_by_group", "classification_metrics", "probabilities"]
+from .config import Task
 
-Task = Literal["binary", "multilabel", "multiclass"]
+__all__ = [
+    "Task",
+    "aggregate_by_group",
+    "classification_metrics",
+    "probabilities",
+    "single_class_columns",
+]
 
 
 def probabilities(logits: torch.Tensor, task: Task) -> torch.Tensor:
@@ -57,13 +63,14 @@ def classification_metrics(
     names = list(label_names) if label_names is not None else [str(i) for i in range(num_labels)]
     if len(names) != num_labels:
         raise ValueError(f"{len(names)} label names for {num_labels} labels")
+    undefined = set(single_class_columns(targets))
     targets = (targets > 0.5).long()
     out: dict[str, float] = {}
     for name, fn in (("auroc", binary_auroc), ("auprc", binary_average_precision)):
         values = []
         for j in range(num_labels):
             t = targets[:, j]
-            if t.min() == t.max():  # undefined with one class present
+            if j in undefined:
                 v = math.nan
             else:
                 v = float(fn(probs[:, j].float(), t))
@@ -73,3 +80,10 @@ def classification_metrics(
         defined = [v for v in values if not math.isnan(v)]
         out[f"{prefix}{name}"] = sum(defined) / len(defined) if defined else math.nan
     return out
+
+
+def single_class_columns(targets: torch.Tensor) -> list[int]:
+    """Columns of binary ``(N, L)`` targets that hold one class only: AUROC and AUPRC are
+    undefined there."""
+    t = targets > 0.5
+    return [j for j in range(t.shape[1]) if bool(t[:, j].all() or not t[:, j].any())]
