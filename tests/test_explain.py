@@ -34,10 +34,18 @@ def test_gradcam_every_arch(arch):
     model = _model(arch, num_classes=2)
     x = _blob().repeat(2, 1, 1, 1, 1)
     x[1] = x[1].flip(-1)
-    cam = gradcam(model, x, target=1)
-    assert cam.shape == (2, *SIZE) and cam.dtype == torch.float32
-    assert torch.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1
+    fc = model.get_classifier()
+    with torch.no_grad():  # logit 1 = -logit 0: its Grad-CAM (before the ReLU) is the negation
+        fc.weight[1] = -fc.weight[0]
+        fc.bias.zero_()
+    cams = [gradcam(model, x, target=t) for t in (0, 1)]
+    for cam in cams:
+        assert cam.shape == (2, *SIZE) and cam.dtype == torch.float32
+        assert torch.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1
     assert model.training  # the mode is restored
+    # one of the two has positive evidence unless the layer gets no gradient from the logits
+    cam = max(cams, key=lambda c: float(c.max()))
+    assert cam.max() > 0.5
     assert not torch.equal(cam[0], cam[1])  # the map follows the input
 
 
@@ -63,6 +71,8 @@ def test_maps_of_a_randomised_model_differ():
 
 def test_gradcam_errors():
     model = _model("x3d_xs", num_classes=2)
+    with pytest.raises(ValueError, match="not called in the forward"):
+        gradcam(model, _blob(), layer="backbone.blocks.5.pool")  # only its parts run
     with pytest.raises(ValueError, match="class index"):
         gradcam(model, _blob(), target=5)
     seg = _model("x3d_xs", num_classes=1, head="segmentation")

@@ -87,10 +87,20 @@ def gradcam(
     was_training, ckpt = model.training, model.grad_checkpointing
     model.eval()
     model.grad_checkpointing = False
+    seen: list[bool] = []
+    probe = module.register_forward_hook(lambda *_: seen.append(True))
     try:
         with GradCAM(model=model, target_layers=[module], reshape_transform=reshape) as cam:
             maps = cam(input_tensor=x, targets=targets)
+    except AttributeError:
+        if seen:
+            raise
+        raise ValueError(
+            f"layer {layer or default_layer(model)!r} is not called in the forward pass; pick "
+            "a module from model.feature_info.module_name()"
+        ) from None
     finally:
+        probe.remove()
         model.train(was_training)
         model.grad_checkpointing = ckpt
     maps = np.clip(np.nan_to_num(np.asarray(maps, dtype=np.float32)), 0.0, 1.0)

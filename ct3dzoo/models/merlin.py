@@ -197,7 +197,10 @@ class MerlinI3ResNet(CTModel):
         """``relu`` (the stem, stride 1, 2, 2), then ``maxpool`` + ``layer1`` .. ``layer4``."""
         b = self.backbone
         groups = [("backbone.relu", [b.conv1, b.bn1, b.relu])] + [
-            (f"backbone.layer{i}", ([b.maxpool] if i == 1 else []) + list(getattr(b, f"layer{i}")))
+            (  # named by the last block: the stage's blocks are run one by one
+                f"backbone.layer{i}.{len(getattr(b, f'layer{i}')) - 1}",
+                ([b.maxpool] if i == 1 else []) + list(getattr(b, f"layer{i}")),
+            )
             for i in range(1, 5)
         ]
         strides = [(1, 2, 2), (2, 4, 4), (4, 8, 8), (8, 16, 16), (16, 32, 32)]

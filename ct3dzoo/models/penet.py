@@ -366,10 +366,14 @@ class PENetCT(CTModel):
         self.backbone = net
 
     def stages(self) -> list[Stage]:
-        """``in_conv`` (stride 1, 2, 2), then ``max_pool`` + ``encoders.0`` .. ``encoders.3``."""
+        """``in_conv`` (stride 1, 2, 2), then ``max_pool`` + ``encoders.0`` .. ``encoders.3``
+        (each named by its last block, the module whose output the stage ends with)."""
         b = self.backbone
         groups = [("backbone.in_conv", [b.in_conv])] + [
-            (f"backbone.encoders.{i}", ([b.max_pool] if i == 0 else []) + list(e.penet_blocks))
+            (  # named by the last block: the stage's blocks are run one by one
+                f"backbone.encoders.{i}.penet_blocks.{len(e.penet_blocks) - 1}",
+                ([b.max_pool] if i == 0 else []) + list(e.penet_blocks),
+            )
             for i, e in enumerate(b.encoders)
         ]
         strides = [(1, 2, 2), (2, 4, 4), (4, 8, 8), (8, 16, 16), (16, 32, 32)]
