@@ -30,7 +30,7 @@ __all__ = [
     "predict",
     "predict_study",
 ]
-_LAZY_MODULES = ("data", "errors", "phantom", "viz", "train")
+_LAZY_MODULES = ("data", "errors", "explain", "phantom", "viz", "train")
 #: public name -> the module that defines it (imported on first access)
 _LAZY_NAMES = {
     "create_model": "._factory",

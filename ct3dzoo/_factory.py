@@ -12,6 +12,7 @@ from typing import Any
 from safetensors.torch import load_file
 
 from . import models  # noqa: F401  (registers every family)
+from ._features import FeatureListNet
 from ._io import weights as _weights
 from ._io.checkpoint import read_checkpoint
 from ._io.download import hf_file
@@ -43,15 +44,18 @@ def _build(arch: str, tag: str | None, opts: ModelOptions, arch_kwargs: dict[str
     """Build ``arch`` with random weights for the weights spec ``arch.tag``."""
     spec = get_arch(arch)
     weights = get_pretrained_cfg(f"{arch}.{tag}") if tag else None
+    dense = isinstance(opts.head, str) and opts.head == "segmentation"
     kw: dict[str, Any] = {
         "num_classes": opts.num_classes,
         "in_chans": opts.in_chans,
-        "head": opts.head,
+        "head": "linear" if dense else opts.head,  # the decoder needs the built stages
         "drop_rate": opts.drop_rate,
     }
     if spec.size_args:
         kw.update(num_slices=opts.num_slices, image_size=opts.image_size)
     model = spec.builder(spec=weights, **kw, **arch_kwargs)
+    if dense:
+        model.reset_classifier(opts.num_classes, "segmentation")
     model.arch = arch
     model.model_config = {
         "arch": arch,
@@ -72,8 +76,10 @@ def create_model(
     num_slices: int | None = _D.num_slices,
     image_size: int | tuple[int, int] | None = _D.image_size,
     pretrained_tag: str | None = None,
+    features_only: bool = False,
+    out_indices: int | tuple[int, ...] | None = None,
     **arch_kwargs: Any,
-) -> CTModel:
+) -> CTModel | FeatureListNet:
     """Build ``arch`` (or ``arch.tag``) with random weights, its stem folded with the weights'
     mean/std. Options as :func:`load`."""
     opts = ModelOptions(
@@ -86,7 +92,18 @@ def create_model(
     )
     name, tag = split_name(arch)
     get_arch(name)
-    return _build(name, resolve_tag(name, pretrained_tag or tag), opts, arch_kwargs)
+    model = _build(name, resolve_tag(name, pretrained_tag or tag), opts, arch_kwargs)
+    return _features(model, features_only, out_indices)
+
+
+def _features(
+    model: CTModel, features_only: bool, out_indices: int | tuple[int, ...] | None
+) -> CTModel | FeatureListNet:
+    if not features_only:
+        if out_indices is not None:
+            raise ValueError("out_indices is used only with features_only=True")
+        return model
+    return FeatureListNet(model, out_indices)
 
 
 def load(
@@ -101,8 +118,10 @@ def load(
     image_size: int | tuple[int, int] | None = _D.image_size,
     progress: bool = True,
     revision: str | None = None,
+    features_only: bool = False,
+    out_indices: int | tuple[int, ...] | None = None,
     **arch_kwargs: Any,
-) -> CTModel:
+) -> CTModel | FeatureListNet:
     """Build a CT model with adapted pretrained weights.
 
     Args:
@@ -117,7 +136,9 @@ def load(
         num_classes: outputs of the new head; 0 returns pre-logits ``(B, num_features)``.
         in_chans: input channels (1: one HU window; 3: three windows as RGB; n: repeat+rescale).
         head: ``"linear"``, ``"mlp"``, ``"attention"`` (attention pooling over the
-            spatio-temporal tokens), an ``nn.Module`` or ``(num_features, num_classes) -> nn.Module``.
+            spatio-temporal tokens), ``"segmentation"`` (a light FPN decoder over every stage:
+            ``model(x)`` gives ``(B, num_classes, D, H, W)`` logits at the input size), an
+            ``nn.Module`` or ``(num_features, num_classes) -> nn.Module``.
         drop_rate: dropout before the classifier.
         num_slices, image_size: the input size D and (H, W) for architectures with
             size-dependent parameters (MViT position embeddings, resampled from the native
@@ -125,10 +146,16 @@ def load(
         progress: show a download progress bar.
         revision: Hub revision for ``hf-hub:`` names. For ``hf-hub:``/``local-dir:`` the saved
             config is used; options given here that differ from the defaults override it.
+        features_only: return a module whose ``forward(x)`` gives the list of stage maps
+            ``(B, C, D', H', W')`` and whose ``feature_info`` gives each level's channels,
+            stride ``(d, h, w)`` and module name (timm's ``features_only``).
+        out_indices: the stages it returns (timm's meaning: ``None`` all, an int ``n`` the
+            last ``n``, a tuple of indices); only with ``features_only``.
         **arch_kwargs: passed to the upstream builder (e.g. ``stochastic_depth_prob``).
 
     Returns:
-        a :class:`CTModel` taking ``(B, in_chans, D, H, W)`` float in [0, 1].
+        a :class:`CTModel` taking ``(B, in_chans, D, H, W)`` float in [0, 1] (with
+        ``features_only``, a ``FeatureListNet`` around it).
 
     Raises:
         ct3dzoo.errors.WeightsUnavailableError: the weights are neither cached nor
@@ -145,9 +172,10 @@ def load(
     )
     if isinstance(arch, str) and arch.startswith(("hf-hub:", "local-dir:")):
         overrides = {k: getattr(opts, k) for k in opts.names() if not opts.is_default(k)}
-        return _load_from_ref(
+        model = _load_from_ref(
             arch, revision=revision, progress=progress, **overrides, **arch_kwargs
         )
+        return _features(model, features_only, out_indices)
 
     name, tag_in_name = split_name(arch)
     spec = get_arch(name)
@@ -171,7 +199,7 @@ def load(
     model = _build(name, tag, opts, arch_kwargs)
     if pretrain is None:
         model.model_config["pretrain"] = None
-        return model
+        return _features(model, features_only, out_indices)
     if from_file:
         path = Path(pretrain)
         if not path.is_file():
@@ -190,7 +218,7 @@ def load(
         source = f"{name}.{tag}"
     load_state_dict_into(model, sd, source=source)
     model.model_config["pretrain"] = source if not from_file else "file"
-    return model
+    return _features(model, features_only, out_indices)
 
 
 def _fits(spec: Any, source: str, model: CTModel | None = None) -> Any:

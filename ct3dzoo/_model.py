@@ -12,9 +12,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import _publish
+from ._features import FeatureInfo, Stage, take_indices
 from ._specs import WeightsSpec
 from .adapt import FoldedStemConv
-from .heads import AttentionPool, ClassifierHead, HeadSpec, create_fc
+from .heads import AttentionPool, ClassifierHead, HeadSpec, SegmentationHead, create_fc
 
 __all__ = ["CTModel", "run_blocks", "run_blocks_thw"]
 
@@ -48,7 +49,7 @@ def run_blocks_thw(
             x, thw = checkpoint(block, x, thw, use_reentrant=False)
         else:
             x, thw = block(x, thw)
-    return x
+    return x, tuple(thw)
 
 
 class CTModel(nn.Module):
@@ -57,7 +58,10 @@ class CTModel(nn.Module):
     Input: ``(B, in_chans, D, H, W)`` float, HU already windowed to [0, 1]; D = slices.
     The stem convolution(s) fold the weights' own mean/std in, so no normalisation is needed.
 
-    Subclasses set ``self.backbone`` and implement :meth:`_forward_features`.
+    Subclasses set ``self.backbone`` and declare their :meth:`stages` (plus, when the state
+    between stages is not a ``(B, C, D, H, W)`` map, :meth:`_stage_input`, :meth:`_stage_map`
+    and :meth:`_final_features`); ``forward_features``, ``forward_intermediates``,
+    ``feature_info``, ``head="segmentation"`` and Grad-CAM all follow from that declaration.
     """
 
     arch: str = ""
@@ -107,7 +111,16 @@ class CTModel(nn.Module):
         self.model_config: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ head
-    def _make_head(self, head: HeadSpec, num_classes: int) -> ClassifierHead:
+    def _make_head(self, head: HeadSpec, num_classes: int) -> nn.Module:
+        if isinstance(head, str) and head == "segmentation":
+            if num_classes < 1:
+                raise ValueError("head='segmentation' needs num_classes >= 1 (one logit map each)")
+            if not hasattr(self, "backbone"):
+                raise ValueError(
+                    "head='segmentation' is built over the stages: create the model with "
+                    "ct3dzoo.load/create_model (or call reset_classifier(n, 'segmentation'))"
+                )
+            return SegmentationHead([s.num_chs for s in self.stages()], num_classes)
         if isinstance(head, str) and head == "attention":
             pool: nn.Module = AttentionPool(
                 self.feature_dim, has_cls_token=self.feature_format == "nlc_cls"
@@ -120,7 +133,7 @@ class CTModel(nn.Module):
         return ClassifierHead(pool, fc, self.drop_rate, kind=kind)
 
     def get_classifier(self) -> nn.Module:
-        """The final classifier (``head.fc``)."""
+        """The final classifier (``head.fc``; the 1x1x1 conv of a segmentation head)."""
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, head: HeadSpec | None = None) -> None:
@@ -235,12 +248,15 @@ class CTModel(nn.Module):
 
         ``x`` of another float dtype (float64, float16) is cast to the model's parameter dtype
         (outside autocast); NaN/inf voxels raise (:meth:`check_values`)."""
+        return self._forward_features(self._prepare_input(x))
+
+    def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         self.check_values(x)
         dtype = self._param_dtype()
         if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
             x = x.to(dtype)  # float64/float16 input: computed in the model's own dtype
-        return self._forward_features(x)
+        return x
 
     def _param_dtype(self) -> torch.dtype | None:
         p = next(self.parameters(), None)
@@ -248,6 +264,11 @@ class CTModel(nn.Module):
 
     def forward_head(self, features: Any, pre_logits: bool = False) -> torch.Tensor:
         """Pool the features; return ``(B, num_features)`` pre-logits or ``(B, num_classes)``."""
+        if isinstance(self.head, SegmentationHead):
+            raise ValueError(
+                "this model has a segmentation head: call model(x) (it decodes all stages), "
+                "or model.forward_intermediates(x) for the maps"
+            )
         x = self.pre_logits(self.head.pool(features))
         if pre_logits:
             return x
@@ -255,8 +276,85 @@ class CTModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, D, H, W)`` in [0, 1] -> logits ``(B, num_classes)`` (or pre-logits
-        ``(B, num_features)`` when ``num_classes == 0``)."""
+        ``(B, num_features)`` when ``num_classes == 0``); with ``head="segmentation"``,
+        logits ``(B, num_classes, D, H, W)`` at the input size."""
+        if isinstance(self.head, SegmentationHead):
+            maps = self.forward_intermediates(x, intermediates_only=True)
+            return self.head(maps, x.shape[2:])
         return self.forward_head(self.forward_features(x))
+
+    # ---------------------------------------------------------------- stages
+    def stages(self) -> list[Stage]:
+        """The backbone as consecutive :class:`~ct3dzoo._features.Stage`s (family-declared)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no stages")
+
+    def _stage_input(self, x: torch.Tensor) -> Any:
+        """The state the first stage takes (SlowFast: its two pathways)."""
+        return x
+
+    def _stage_map(self, state: Any) -> torch.Tensor:
+        """The state after a stage as a ``(B, C, D, H, W)`` map (tokens are reshaped)."""
+        return state
+
+    def _final_features(self, state: Any) -> Any:
+        """The state after the last stage in :meth:`forward_features`' layout."""
+        return state
+
+    def _forward_features(self, x: torch.Tensor) -> Any:
+        state = self._stage_input(x)
+        for stage in self.stages():
+            state = stage.run(state)
+        return self._final_features(state)
+
+    def cam_layer(self) -> str:
+        """The module Grad-CAM hooks by default: the last stage's."""
+        return self.stages()[-1].module
+
+    def cam_reshape(self, output: torch.Tensor, input_shape: Sequence[int]) -> torch.Tensor:
+        """A hooked layer's output as a ``(B, C, D, H, W)`` map (family-specific layouts)."""
+        return output
+
+    @property
+    def feature_info(self) -> FeatureInfo:
+        """Every stage's channels, stride ``(d, h, w)`` and module name (timm style)."""
+        stages = self.stages()
+        return FeatureInfo(stages, range(len(stages)))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        stop_early: bool = False,
+        intermediates_only: bool = False,
+    ) -> Any:
+        """Per-stage maps, as timm's ``forward_intermediates``.
+
+        Args:
+            x: ``(B, in_chans, D, H, W)`` in [0, 1].
+            indices: ``None`` every stage, an int ``n`` the last ``n``, or a list of stage
+                indices (negative from the end); see :attr:`feature_info`.
+            stop_early: do not run the stages after the last one taken.
+            intermediates_only: return only the maps.
+
+        Returns:
+            ``(final_features, [maps])`` or ``[maps]``; each map is ``(B, C, D', H', W')``
+            with ``D' = ceil(D / stride_d)`` etc. ``final_features`` is what
+            :meth:`forward_features` returns when every stage ran (after ``stop_early``: the
+            last stage run, in that layout).
+        """
+        x = self._prepare_input(x)
+        stages = self.stages()
+        take = take_indices(len(stages), indices)
+        if stop_early or intermediates_only:
+            stages = stages[: take[-1] + 1]
+        state, maps = self._stage_input(x), []
+        for i, stage in enumerate(stages):
+            state = stage.run(state)
+            if i in take:
+                maps.append(self._stage_map(state))
+        if intermediates_only:
+            return maps
+        return self._final_features(state), maps
 
     # ----------------------------------------------------------------- misc
     @torch.jit.ignore

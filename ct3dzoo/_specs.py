@@ -208,7 +208,9 @@ class ModelOptions:
     )
     head: str | Any = field(
         default="linear",
-        metadata={"help": "head: linear, mlp, attention (or a module / factory in Python)"},
+        metadata={
+            "help": "head: linear, mlp, attention, segmentation (or a module / factory in Python)"
+        },
     )
     drop_rate: float = field(default=0.0, metadata={"help": "dropout before the classifier"})
     num_slices: int | None = field(

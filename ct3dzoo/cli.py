@@ -5,7 +5,7 @@ ct3dzoo info ARCH[.TAG]                      the weights spec and its input cont
 ct3dzoo fetch ARCH.TAG [--from FILE]         fill the weights cache (network or file)
 ct3dzoo export ARCH.TAG OUT_DIR [--in-chans N] [--from FILE]
                                              a Hub-ready folder of adapted weights
-ct3dzoo finetune | demo | prepare | predict  (subcommands owned by other modules)
+ct3dzoo finetune | demo | explain | ...     (subcommands owned by other modules)
 
 ``--help``, ``list`` and ``info`` never import torch: they read ``catalog.json``, a snapshot
 of the registry (``python -m ct3dzoo._catalog_build`` rewrites it). A subcommand owned by
@@ -42,6 +42,8 @@ _PLUGINS = {
                 "read a manifest's studies once into a compact cache (resumable, sharded)"),
     "predict": ("ct3dzoo.train.study_cli", "add_predict_parser", "run_predict",
                 "whole-study prediction over slice windows; writes a CSV"),
+    "explain": ("ct3dzoo.explain.cli", "add_explain_parser", "run_explain",
+                "Grad-CAM saliency over a CT study: montage + per-slice curve (PNG)"),
 }  # fmt: skip
 
 

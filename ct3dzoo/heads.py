@@ -7,6 +7,9 @@ A ct3dzoo model's head is ``pool -> [pre-logits projection] -> dropout -> fc``:
   SlowFast's per-pathway averages); ``head="attention"`` swaps in :class:`AttentionPool`.
 - ``fc`` is ``"linear"``, ``"mlp"``, any ``nn.Module`` or a callable
   ``(num_features, num_classes) -> nn.Module``; it maps ``(B, num_features)`` to logits.
+
+``head="segmentation"`` is the dense alternative: :class:`SegmentationHead`, a light
+FPN-style decoder over every stage map, giving ``(B, num_classes, D, H, W)`` logits.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ __all__ = [
     "ClsTokenPool",
     "MLPHead",
     "MultiPathwayAvgPool",
+    "SegmentationHead",
     "TemporalPairAvgPool",
     "create_fc",
 ]
 
-HEAD_KINDS = ("linear", "mlp", "attention")
+HEAD_KINDS = ("linear", "mlp", "attention", "segmentation")
 HeadSpec = str | nn.Module | Callable[[int, int], nn.Module]
 
 
@@ -179,3 +183,40 @@ class ClassifierHead(nn.Module):
         self.pool = pool
         self.drop = nn.Dropout(drop_rate)
         self.fc = fc
+
+
+class SegmentationHead(nn.Module):
+    """A light FPN/U-Net-style decoder: per stage a 1x1x1 lateral conv to ``width``
+    channels; top-down, the coarser sum is upsampled (trilinear) to the finer stage, added,
+    and refined by a 3x3x3 conv + GroupNorm + ReLU; a 1x1x1 conv (``fc``) gives the logits,
+    upsampled (trilinear) to the input size.
+
+    ``forward(maps, size)``: stage maps ``[(B, C_i, D_i, H_i, W_i)]`` finest first and the
+    input ``(D, H, W)`` -> logits ``(B, num_classes, D, H, W)`` (sigmoid/softmax not applied).
+    """
+
+    kind = "segmentation"
+
+    def __init__(self, in_chs: Sequence[int], num_classes: int, *, width: int = 64) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv3d(c, width, 1) for c in in_chs)
+        self.smooth = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv3d(width, width, 3, padding=1, bias=False),
+                nn.GroupNorm(min(8, width), width),
+                nn.ReLU(inplace=True),
+            )
+            for _ in in_chs
+        )
+        self.fc = nn.Conv3d(width, num_classes, 1)
+
+    def forward(self, maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        if len(maps) != len(self.lateral):
+            raise ValueError(f"expected {len(self.lateral)} stage maps, got {len(maps)}")
+        y = self.smooth[-1](self.lateral[-1](maps[-1]))
+        for i in range(len(maps) - 2, -1, -1):
+            lat = self.lateral[i](maps[i])
+            y = F.interpolate(y, size=lat.shape[2:], mode="trilinear", align_corners=False)
+            y = self.smooth[i](y + lat)
+        y = self.fc(y)
+        return F.interpolate(y, size=tuple(size), mode="trilinear", align_corners=False)

@@ -1,4 +1,5 @@
-"""Quick looks at CT volumes: `montage` writes a PNG grid of slices (extra ``ct3dzoo[viz]``)."""
+"""Quick looks at CT volumes (extra ``ct3dzoo[viz]``): `montage` writes a PNG grid of slices;
+`saliency_montage` overlays a saliency map in colour; `slice_curve` plots a per-slice score."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["montage"]
+__all__ = ["montage", "saliency_montage", "slice_curve"]
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -81,6 +82,103 @@ def montage(
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(os.fspath(path), dpi=dpi)
+    return fig
+
+
+def _figure():
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError("ct3dzoo.viz needs matplotlib: pip install 'ct3dzoo[viz]'") from e
+    return Figure
+
+
+def saliency_montage(
+    volume: Any,
+    saliency: Any,
+    *,
+    path: str | os.PathLike | None = None,
+    slices: Any = None,
+    num_slices: int = 12,
+    cols: int | None = None,
+    title: str | None = None,
+    alpha: float = 0.45,
+    cmap: str = "jet",
+    dpi: int = 100,
+) -> Any:
+    """CT slices with a saliency map overlaid in colour.
+
+    Args:
+        volume: ``(D, H, W)`` (or ``(C, D, H, W)``: channel 0 shown) in [0, 1], HU windowed.
+        saliency: ``(D, H, W)`` in [0, 1], e.g. ``gradcam(...)[0]`` or
+            ``study_saliency(...).saliency``.
+        slices: slice indices to show; default: ``num_slices`` evenly spaced over the slices
+            where the map is non-zero (the explained window), first and last included.
+        title: state the HU window and slice window used here; it is printed on top.
+
+    Returns:
+        The `matplotlib.figure.Figure` (written to ``path`` as PNG when given).
+    """
+    Figure = _figure()
+    v = _to_numpy(volume)
+    while v.ndim > 3:
+        v = v[0]
+    s = _to_numpy(saliency)
+    while s.ndim > 3 and s.shape[0] == 1:
+        s = s[0]
+    if v.shape != s.shape:
+        raise ValueError(f"volume {v.shape} and saliency {s.shape} must both be (D, H, W)")
+    if slices is None:
+        nz = np.flatnonzero(s.reshape(s.shape[0], -1).max(1) > 0)
+        lo, hi = (int(nz[0]), int(nz[-1])) if len(nz) else (0, s.shape[0] - 1)
+        slices = np.unique(np.linspace(lo, hi, min(num_slices, hi - lo + 1)).round().astype(int))
+    slices = [int(i) for i in slices]
+    n = len(slices)
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(cols * 2.0, rows * 2.0 + 0.4))
+    for k, d in enumerate(slices):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.imshow(np.clip(v[d], 0, 1), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(np.clip(s[d], 0, 1), cmap=cmap, vmin=0, vmax=1, alpha=alpha)
+        ax.set_title(f"slice {d}", fontsize=7)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(os.fspath(path), dpi=dpi)
+    return fig
+
+
+def slice_curve(
+    slice_scores: Any,
+    *,
+    path: str | os.PathLike | None = None,
+    best: tuple[int, int] | None = None,
+    title: str | None = None,
+    ylabel: str = "score (logit)",
+    dpi: int = 100,
+) -> Any:
+    """Per-slice score curve (e.g. ``study_saliency(...).slice_scores``); ``best`` =
+    ``(start, stop)`` shades the window that drove the maximum."""
+    Figure = _figure()
+    y = _to_numpy(slice_scores).reshape(-1)
+    fig = Figure(figsize=(6.0, 2.6))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(np.arange(len(y)), y, color="C0")
+    if best is not None:
+        ax.axvspan(
+            best[0], best[1] - 1, color="C3", alpha=0.2, label=f"slices {best[0]}-{best[1] - 1}"
+        )
+        ax.legend(fontsize=7, loc="best")
+    ax.set_xlabel("slice")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
         fig.savefig(os.fspath(path), dpi=dpi)

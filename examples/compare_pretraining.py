@@ -29,8 +29,8 @@ from torch.utils.data import Subset
 
 import ct3dzoo
 from ct3dzoo.data import CTDataset, transforms_for
-from ct3dzoo.data.synthetic import make_phantom_dataset
 from ct3dzoo.errors import WeightsUnavailableError
+from ct3dzoo.phantom import make_phantom_dataset
 
 FIELDS = ["arch", "pretrain", "weights", "n_train", "metric", "auroc", "best_epoch", "seconds"]
 

@@ -20,7 +20,7 @@ FLOORS = [
     ("ct3dzoo.errors", "ct3dzoo._version", "ct3dzoo._specs"),
     ("ct3dzoo._registry", "ct3dzoo._io"),
     ("ct3dzoo.data",),
-    ("ct3dzoo.adapt", "ct3dzoo.heads"),
+    ("ct3dzoo.adapt", "ct3dzoo.heads", "ct3dzoo._features"),
     ("ct3dzoo._publish", "ct3dzoo._model", "ct3dzoo._loading", "ct3dzoo.models"),
     ("ct3dzoo._factory", "ct3dzoo._catalog_build"),
     ("ct3dzoo.phantom", "ct3dzoo.train", "ct3dzoo.explain", "ct3dzoo.viz"),

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._features import Stage
 from .._model import CTModel, run_blocks
 from .._registry import register_model, register_weights
 from .._specs import WeightsSpec, hu_range_contract
@@ -190,9 +191,23 @@ class CTFM(CTModel):
         fold_stems(net, spec, in_chans=in_chans)
         self.backbone = net
 
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        stages = self.backbone.stages()[:-1]  # the last level's downsample is an Identity
-        return run_blocks(stages, x, self.grad_checkpointing)
+    def stages(self) -> list[Stage]:
+        """Level ``i`` (``layers.i.blocks``, after the previous level's downsample; level 0
+        after ``conv_init``): ``init_filters * 2**i`` channels, stride ``2**i``."""
+        net = self.backbone
+        out = []
+        for i, level in enumerate(net.layers):
+            first = net.conv_init if i == 0 else net.layers[i - 1]["downsample"]
+            blocks = [first, level["blocks"]]
+            out.append(
+                Stage(
+                    f"backbone.layers.{i}.blocks",
+                    net.conv_init.out_channels * 2**i,
+                    (2**i,) * 3,
+                    lambda x, blocks=blocks: run_blocks(blocks, x, self.grad_checkpointing),
+                )
+            )
+        return out
 
 
 @register_model("ct_fm", family="ct_fm", default_tag="idc148k", aliases=("ct_fm",))

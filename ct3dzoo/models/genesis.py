@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._features import Stage
 from .._model import CTModel, run_blocks
 from .._registry import register_model, register_weights
 from .._specs import WeightsSpec, hu_range_contract
@@ -165,8 +166,18 @@ class GenesisUNet3dEncoder(CTModel):
             sd[key] = w.repeat(1, self.in_chans, 1, 1, 1) / self.in_chans
         return sd
 
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self.backbone.stages(), x, self.grad_checkpointing)
+    def stages(self) -> list[Stage]:
+        """down_tr64/128/256 (each ends in a 2x max-pool) and down_tr512 (no pool)."""
+        names = ("down_tr64", "down_tr128", "down_tr256", "down_tr512")
+        return [
+            Stage(
+                f"backbone.{name}",
+                64 * 2**i,
+                (min(2 ** (i + 1), 8),) * 3,
+                lambda x, module=module: run_blocks([module], x, self.grad_checkpointing),
+            )
+            for i, (name, module) in enumerate(zip(names, self.backbone.stages()))
+        ]
 
 
 @register_model(

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._features import Stage, norm_channels
 from .._model import CTModel, run_blocks
 from .._registry import register_model, register_weights
 from .._specs import WeightsSpec, zscore_contract
@@ -187,6 +188,7 @@ class MedicalNetResNet(nn.Module):
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
         block = _BasicBlock if kind == "basic" else _Bottleneck
+        self.dilated = dilated
         self.conv1 = nn.Conv3d(in_chans, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm3d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -251,8 +253,20 @@ class MedicalNetCT(CTModel):
             sd = {**sd, "conv1.weight": w.repeat(1, self.in_chans, 1, 1, 1) / self.in_chans}
         return sd
 
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self.backbone.stages(), x, self.grad_checkpointing)
+    def stages(self) -> list[Stage]:
+        """Stem (conv1 + pool, stride 4) and layer1..4; layer3/4 keep stride 8 when dilated."""
+        net = self.backbone
+        spatial = (4, 4, 8, 8, 8) if net.dilated else (4, 4, 8, 16, 32)
+        names = ("maxpool", "layer1", "layer2", "layer3", "layer4")
+        return [
+            Stage(
+                f"backbone.{name}",
+                64 if i == 0 else norm_channels(module),
+                (s, s, s),
+                lambda x, module=module: run_blocks([module], x, self.grad_checkpointing),
+            )
+            for i, (name, module, s) in enumerate(zip(names, net.stages(), spatial))
+        ]
 
 
 def _build(depth: int, **kw: Any) -> MedicalNetCT:

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._features import Stage, norm_channels
 from .._model import CTModel, run_blocks
 from .._registry import register_model, register_weights
 from .._specs import WeightsSpec, hu_range_contract
@@ -192,11 +193,24 @@ class MerlinI3ResNet(CTModel):
             sd = {k[n:]: v for k, v in sd.items() if k.startswith(_IMAGE_PREFIX)}
         return {k: v for k, v in sd.items() if not k.startswith(_DROPPED)}
 
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def stages(self) -> list[Stage]:
+        """``relu`` (the stem, stride 1, 2, 2), then ``maxpool`` + ``layer1`` .. ``layer4``."""
         b = self.backbone
-        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        blocks = [blk for i in range(1, 5) for blk in getattr(b, f"layer{i}")]
-        return run_blocks(blocks, x, self.grad_checkpointing)
+        groups = [("backbone.relu", [b.conv1, b.bn1, b.relu])] + [
+            (  # named by the last block: the stage's blocks are run one by one
+                f"backbone.layer{i}.{len(getattr(b, f'layer{i}')) - 1}",
+                ([b.maxpool] if i == 1 else []) + list(getattr(b, f"layer{i}")),
+            )
+            for i in range(1, 5)
+        ]
+        strides = [(1, 2, 2), (2, 4, 4), (4, 8, 8), (8, 16, 16), (16, 32, 32)]
+        return [
+            Stage(name, norm_channels(nn.ModuleList(g)), st, self._runner(g))
+            for (name, g), st in zip(groups, strides)
+        ]
+
+    def _runner(self, blocks: list[nn.Module]):
+        return lambda x: run_blocks(blocks, x, self.grad_checkpointing)
 
 
 @register_model(

@@ -303,6 +303,7 @@ class PENet(nn.Module):
 
 
 # --------------------------------------------------------------------------- ct3dzoo model
+from .._features import Stage, norm_channels  # noqa: E402
 from .._model import CTModel, run_blocks  # noqa: E402
 from .._registry import register_model, register_weights  # noqa: E402
 from .._specs import WeightsSpec, window_contract  # noqa: E402
@@ -364,11 +365,25 @@ class PENetCT(CTModel):
         fold_stems(net, spec, in_chans=in_chans)
         self.backbone = net
 
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def stages(self) -> list[Stage]:
+        """``in_conv`` (stride 1, 2, 2), then ``max_pool`` + ``encoders.0`` .. ``encoders.3``
+        (each named by its last block, the module whose output the stage ends with)."""
         b = self.backbone
-        x = b.max_pool(b.in_conv(x))
-        blocks = [blk for stage in b.encoders for blk in stage.penet_blocks]
-        return run_blocks(blocks, x, self.grad_checkpointing)
+        groups = [("backbone.in_conv", [b.in_conv])] + [
+            (  # named by the last block: the stage's blocks are run one by one
+                f"backbone.encoders.{i}.penet_blocks.{len(e.penet_blocks) - 1}",
+                ([b.max_pool] if i == 0 else []) + list(e.penet_blocks),
+            )
+            for i, e in enumerate(b.encoders)
+        ]
+        strides = [(1, 2, 2), (2, 4, 4), (4, 8, 8), (8, 16, 16), (16, 32, 32)]
+        return [
+            Stage(name, norm_channels(g[-1]), st, self._runner(g))
+            for (name, g), st in zip(groups, strides)
+        ]
+
+    def _runner(self, blocks: list[nn.Module]):
+        return lambda x: run_blocks(blocks, x, self.grad_checkpointing)
 
 
 @register_model("penet", family="penet", default_tag="kinetics600")

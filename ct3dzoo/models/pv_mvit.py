@@ -4,7 +4,8 @@ Stem ``patch_embed.patch_model`` (Conv3d 3 -> 96, 3x7x7, stride 2x4x4). Separate
 temporal and class position embeddings are absolute, so ``num_slices``/``image_size``
 choose the input size at load time (default: native) and the embeddings are resampled
 (bicubic in space, linear in time; identity at the native size). Pre-logits: the class
-token after the final norm (768-d).
+token after the final norm (768-d). Stages: a new one at each block that pools its queries;
+maps are the tokens without the class token, reshaped to ``(B, C, T, H, W)``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from typing import Any
 
 import torch
 
-from .._model import CTModel, run_blocks_thw
+from .._features import Stage
+from .._model import CTModel
 from .._registry import register_model, register_weights
 from .._specs import WeightsSpec
 from ..adapt import resample_pos_embed_1d, resample_pos_embed_2d
 from ..heads import ClsTokenPool
-from ._common import fold_stems
+from ._common import TokenMaps, fold_stems, mvit_stages
 from ._pytorchvideo import create_multiscale_vision_transformers
 from ._pytorchvideo import hub_vision_transformers as pv_vit
 from .pv_resnet import pv_row
@@ -43,7 +45,7 @@ register_weights(*(
 ))  # fmt: skip
 
 
-class PVMViT(CTModel):
+class PVMViT(TokenMaps, CTModel):
     """pytorchvideo MultiscaleVisionTransformers adapted to CT; built for one input size."""
 
     feature_format = "nlc_cls"
@@ -95,14 +97,19 @@ class PVMViT(CTModel):
             out[key] = resample_pos_embed_1d(sd[key][0], t)[None]
         return out
 
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         b = self.backbone
         x = b.cls_positional_encoding(b.patch_embed(x))
         if b.pos_drop is not None:
             x = b.pos_drop(x)
-        thw = b.cls_positional_encoding.patch_embed_shape
-        x = run_blocks_thw(b.blocks, x, thw, self.grad_checkpointing)
-        return b.norm_embed(x)
+        return x, tuple(b.cls_positional_encoding.patch_embed_shape)
+
+    def stages(self) -> list[Stage]:
+        b = self.backbone
+        return mvit_stages(
+            self, self._embed, list(b.blocks), b.norm_embed,
+            patch_stride=b.patch_embed.patch_model.stride, norm_name="backbone.norm_embed",
+        )  # fmt: skip
 
 
 @register_model("mvit_base_16x4", family="pv_mvit", default_tag="kinetics400", size_args=True)

@@ -5,6 +5,8 @@ The upstream ``Net`` is kept as ``backbone.blocks`` minus its head (fixed ``AvgP
 sized to the training clip, dropout, ``proj``); ct3dzoo pools globally, which equals the
 upstream at the native clip and works at any size. Stem ``blocks.0.conv``.
 Pre-logits: the global average of the last stage (2048-d).
+Stages: the stem and the four residual stages (a temporal max-pool between them, C2D/I3D's
+``blocks.2``, runs with the stage after it); strides per arch in the builders.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .._features import Stage, norm_channels
 from .._model import CTModel, run_blocks
 from .._registry import register_model, register_weights
 from .._specs import WeightsSpec
@@ -109,8 +112,10 @@ class PVResNet(CTModel):
         in_chans: int,
         spec: WeightsSpec | None,
         min_size=(1, 32, 32),
+        strides: tuple[tuple[int, int, int], ...],
         **kw: Any,
     ) -> None:
+        self._strides = strides
         head_kw = {k: kw.pop(k) for k in ("num_classes", "head", "drop_rate")}
         super().__init__(
             in_chans=in_chans,
@@ -127,12 +132,37 @@ class PVResNet(CTModel):
         fold_stems(net, spec, in_chans=in_chans)
         self.backbone = net
 
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return run_blocks(list(self.backbone.blocks), x, self.grad_checkpointing)
+    def stages(self) -> list[Stage]:
+        return res_stages(self, list(self.backbone.blocks), self._strides)
 
 
-def _build(builder, **kw):  # sizes are free: pools are global
-    return PVResNet(builder, **kw)
+def res_stages(
+    model: CTModel, blocks: list[torch.nn.Module], strides: tuple[tuple[int, int, int], ...]
+) -> list[Stage]:
+    """pytorchvideo ``Net`` blocks as stages: a pooling block joins the stage after it."""
+    groups: list[list[int]] = []
+    pending: list[int] = []
+    for i, blk in enumerate(blocks):
+        pending.append(i)
+        if not isinstance(blk, torch.nn.modules.pooling._MaxPoolNd):
+            groups.append(pending)
+            pending = []
+
+    def runner(idx: list[int]):
+        return lambda x: run_blocks([blocks[i] for i in idx], x, model.grad_checkpointing)
+
+    return [
+        Stage(f"backbone.blocks.{g[-1]}", norm_channels(blocks[g[-1]]), st, runner(g))
+        for g, st in zip(groups, strides, strict=True)
+    ]
+
+
+def _strides(t: tuple[int, ...], stem: int = 4) -> tuple[tuple[int, int, int], ...]:
+    return tuple((ti, s, s) for ti, s in zip(t, (stem, 4, 8, 16, 32)))
+
+
+def _build(builder, t=(1, 1, 1, 1, 1), stem=4, **kw):  # sizes are free: pools are global
+    return PVResNet(builder, strides=_strides(t, stem), **kw)
 
 
 @register_model("slow_r50", family="pv_resnet", default_tag="kinetics400")
@@ -144,22 +174,22 @@ def slow_r50(**kw: Any) -> PVResNet:
 @register_model("c2d_r50", family="pv_resnet", default_tag="kinetics400")
 def c2d_r50(**kw: Any) -> PVResNet:
     """C2D-R50 8x8 (24.3M parameters); native clip 8x224x224; needs D >= 2."""
-    return _build(pvh.c2d_r50, min_size=(2, 32, 32), **kw)
+    return _build(pvh.c2d_r50, t=(1, 1, 2, 2, 2), min_size=(2, 32, 32), **kw)
 
 
 @register_model("i3d_r50", family="pv_resnet", default_tag="kinetics400")
 def i3d_r50(**kw: Any) -> PVResNet:
     """I3D-R50 8x8 (28.0M parameters); native clip 8x224x224; needs D >= 2."""
-    return _build(pvh.i3d_r50, min_size=(2, 32, 32), **kw)
+    return _build(pvh.i3d_r50, t=(1, 1, 2, 2, 2), min_size=(2, 32, 32), **kw)
 
 
 @register_model("r2plus1d_r50", family="pv_resnet", default_tag="kinetics400")
 def r2plus1d_r50(**kw: Any) -> PVResNet:
     """R(2+1)D-R50 16x4 (28.1M parameters) — the paper's R(2+1)D; native clip 16x224x224."""
-    return _build(pvh.r2plus1d_r50, **kw)
+    return _build(pvh.r2plus1d_r50, t=(1, 1, 1, 2, 4), stem=2, **kw)
 
 
 @register_model("csn_r101", family="pv_resnet", default_tag="kinetics400")
 def csn_r101(**kw: Any) -> PVResNet:
     """CSN-R101 32x2 (22.2M parameters) — the paper's CSN-R101; native clip 32x224x224."""
-    return _build(pvh.csn_r101, **kw)
+    return _build(pvh.csn_r101, t=(1, 1, 2, 4, 8), **kw)

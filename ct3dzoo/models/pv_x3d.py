@@ -5,6 +5,8 @@ Stem ``blocks.0.conv.conv_t`` (the spatial 1x3x3 conv, 3 -> 24; pytorchvideo nam
 map; upstream then pools with a fixed ``AvgPool3d`` and projects with ``lin_5``
 (``post_conv``, 432 -> 2048) + ReLU. ct3dzoo pools globally (identical at the native clip,
 any size works) and keeps ``lin_5`` as the pre-logits projection. Pre-logits: 2048-d.
+Stages: ``blocks.0``..``blocks.4`` (D is never reduced; H, W by 2, 4, 8, 16, 32); the last
+one includes ``pre_conv``/``pre_norm``/``pre_act`` (its map is the feature map).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._features import Stage, norm_channels
 from .._model import CTModel, run_blocks
 from .._registry import register_model, register_weights
 from .._specs import WeightsSpec
@@ -83,11 +86,23 @@ class PVX3D(CTModel):
             return "pre_logits.post_conv." + key[len(src) :]
         return super().upstream_key(key)
 
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def stages(self) -> list[Stage]:
         blocks = list(self.backbone.blocks)
-        x = run_blocks(blocks[:-1], x, self.grad_checkpointing)
         p = blocks[-1].pool
-        return p.pre_act(p.pre_norm(p.pre_conv(x)))
+        last = len(blocks) - 1
+        groups = [[b] for b in blocks[:-2]] + [[blocks[-2], p.pre_conv, p.pre_norm, p.pre_act]]
+        return [
+            Stage(
+                f"backbone.blocks.{last}.pool.pre_act" if i == last - 1 else f"backbone.blocks.{i}",
+                p.pre_conv.out_channels if i == last - 1 else norm_channels(g[0]),
+                (1, 2 ** (i + 1), 2 ** (i + 1)),
+                self._runner(g),
+            )
+            for i, g in enumerate(groups)
+        ]
+
+    def _runner(self, blocks: list[nn.Module]):
+        return lambda x: run_blocks(blocks, x, self.grad_checkpointing)
 
 
 def _build(builder, **kw):

@@ -10,16 +10,20 @@
 
 Input ``(B, in_chans, D, H, W)`` in [0, 1] like every ct3dzoo model; weights
 ``pretrain="imagenet"`` (torchvision's ImageNet-1k).
+Stages: the stem (``conv1``/``bn1``/``relu``), ``layer1`` (with the max-pool) .. ``layer4``,
+each run slice by slice; maps ``(B, C, D, h, w)``, strides (1, 2, 2) .. (1, 32, 32).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torchvision import models as tvm
 
+from .._features import Stage, norm_channels
 from .._model import CTModel, run_blocks
 from .._registry import register_model, register_weights
 from .._specs import WeightsSpec
@@ -167,13 +171,38 @@ class SliceNet2d(CTModel):
             return ClassifierHead(pool, fc, self.drop_rate, kind="attention")
         return super()._make_head(head, num_classes)
 
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, d, h, w = x.shape
+    def stages(self) -> list[Stage]:
         net = self.backbone
-        s = x.transpose(1, 2).reshape(b * d, c, h, w)
-        s = net.maxpool(net.relu(net.bn1(net.conv1(s))))
-        s = run_blocks([net.layer1, net.layer2, net.layer3, net.layer4], s, self.grad_checkpointing)
-        return s.reshape(b, d, *s.shape[1:]).transpose(1, 2)
+        groups = [
+            ("backbone.relu", [net.conv1, net.bn1, net.relu]),
+            ("backbone.layer1", [net.maxpool, net.layer1]),
+            ("backbone.layer2", [net.layer2]),
+            ("backbone.layer3", [net.layer3]),
+            ("backbone.layer4", [net.layer4]),
+        ]
+        return [
+            Stage(
+                name,
+                norm_channels(nn.ModuleList(g)),
+                (1, 2 ** (i + 1), 2 ** (i + 1)),
+                self._runner(g),
+            )
+            for i, (name, g) in enumerate(groups)
+        ]
+
+    def _runner(self, blocks: list[nn.Module]):
+        def run(x: torch.Tensor) -> torch.Tensor:  # (B, C, D, H, W), slice by slice
+            b, c, d, h, w = x.shape
+            s = x.transpose(1, 2).reshape(b * d, c, h, w)
+            s = run_blocks(blocks, s, self.grad_checkpointing)
+            return s.reshape(b, d, *s.shape[1:]).transpose(1, 2)
+
+        return run
+
+    def cam_reshape(self, output: torch.Tensor, input_shape: Sequence[int]) -> torch.Tensor:
+        """A trunk layer's per-slice output ``(B*D, C, h, w)`` as ``(B, C, D, h, w)``."""
+        b, d = input_shape[0], input_shape[2]
+        return output.reshape(b, d, *output.shape[1:]).transpose(1, 2)
 
 
 def _register(arch: str, trunk: str, lrcn: bool, default: str, doc: str) -> None:

@@ -7,6 +7,8 @@ native 16x224x224): v1's absolute spatial/temporal position embeddings are resam
 (bicubic in space, linear in time); v2's relative position tables are rebuilt for the new
 size and linearly resampled exactly as torchvision itself would at run time. Resampling to
 the native size is the identity. Pre-logits: the class token after the final norm (768-d).
+Stages: a new one at each block that pools its queries (blocks 1, 3, 14); maps are the tokens
+without the class token, reshaped to ``(B, C, T, H, W)``.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from torch import nn
 from torchvision.models import video as tvv
 from torchvision.models.video import mvit as tvmvit
 
-from .._model import CTModel, run_blocks_thw
+from .._features import Stage
+from .._model import CTModel
 from .._registry import register_model, register_weights
 from .._specs import WeightsSpec
 from ..adapt import resample_pos_embed_1d, resample_pos_embed_2d
 from ..heads import ClsTokenPool
-from ._common import PV_MEAN, PV_STD, TV_LICENSE, fold_stems, weights_row
+from ._common import PV_MEAN, PV_STD, TV_LICENSE, TokenMaps, fold_stems, mvit_stages, weights_row
 
 _NATIVE = (16, 224, 224)
 
@@ -100,7 +103,7 @@ def _rebuild_for_size(net: nn.Module, size: tuple[int, int, int]) -> None:
             grid = [g // st for g, st in zip(grid, stride_q)]
 
 
-class TVMViT(CTModel):
+class TVMViT(TokenMaps, CTModel):
     """torchvision MViT adapted to CT; built for one input size (see module docstring)."""
 
     feature_format = "nlc_cls"
@@ -161,13 +164,17 @@ class TVMViT(CTModel):
                 out[k] = v  # the strict loader reports the mismatch
         return out
 
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         b = self.backbone
-        x = b.conv_proj(x).flatten(2).transpose(1, 2)
-        x = b.pos_encoding(x)
-        thw = (b.pos_encoding.temporal_size, *b.pos_encoding.spatial_size)
-        x = run_blocks_thw(b.blocks, x, thw, self.grad_checkpointing)
-        return b.norm(x)
+        x = b.pos_encoding(b.conv_proj(x).flatten(2).transpose(1, 2))
+        return x, (b.pos_encoding.temporal_size, *b.pos_encoding.spatial_size)
+
+    def stages(self) -> list[Stage]:
+        b = self.backbone
+        return mvit_stages(
+            self, self._embed, list(b.blocks), b.norm,
+            patch_stride=b.conv_proj.stride, norm_name="backbone.norm",
+        )  # fmt: skip
 
 
 @register_model("mvit_v1_b", family="tv_mvit", default_tag="kinetics400", size_args=True)

@@ -3,6 +3,7 @@
 Stem ``stem.0`` (Conv3d, 3 -> 64 or 45), four residual stages, global average pool, ``fc``.
 Fully convolutional with adaptive pooling upstream, so any D, H, W >= 1 works.
 Pre-logits: the flattened global average of ``layer4`` (512-d).
+Stages: ``stem``, ``layer1``..``layer4``; R3D and R(2+1)D halve D in layers 2-4, MC3 never.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from torchvision.models import video as tvv
 
+from .._features import Stage, norm_channels
 from .._model import CTModel, run_blocks
 from .._registry import register_model, register_weights
 from .._specs import WeightsSpec
@@ -61,7 +63,10 @@ register_weights(
 class TVResNet3d(CTModel):
     """torchvision VideoResNet adapted to CT (see module docstring)."""
 
-    def __init__(self, builder, *, in_chans: int, spec: WeightsSpec | None, **kw: Any) -> None:
+    def __init__(
+        self, builder, *, in_chans: int, spec: WeightsSpec | None, t_strides, **kw: Any
+    ) -> None:
+        self._t_strides = t_strides
         super().__init__(
             in_chans=in_chans,
             feature_dim=512,
@@ -76,15 +81,22 @@ class TVResNet3d(CTModel):
         fold_stems(net, spec, in_chans=in_chans)
         self.backbone = net
 
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.backbone
-        return run_blocks(
-            [b.stem, b.layer1, b.layer2, b.layer3, b.layer4], x, self.grad_checkpointing
-        )
+    def stages(self) -> list[Stage]:
+        names = ("stem", "layer1", "layer2", "layer3", "layer4")
+        hw = (2, 2, 4, 8, 16)
+        return [
+            Stage(f"backbone.{n}", norm_channels(m), (t, s, s), self._runner(m))
+            for n, m, t, s in zip(
+                names, map(self.backbone.get_submodule, names), self._t_strides, hw
+            )
+        ]
+
+    def _runner(self, block: torch.nn.Module):
+        return lambda x: run_blocks([block], x, self.grad_checkpointing)
 
 
-def _build(builder, **kw):
-    return TVResNet3d(builder, **kw)
+def _build(builder, t_strides=(1, 1, 2, 4, 8), **kw):
+    return TVResNet3d(builder, t_strides=t_strides, **kw)
 
 
 @register_model("r3d_18", family="tv_resnet3d", default_tag="kinetics400")
@@ -96,7 +108,7 @@ def r3d_18(**kw: Any) -> TVResNet3d:
 @register_model("mc3_18", family="tv_resnet3d", default_tag="kinetics400")
 def mc3_18(**kw: Any) -> TVResNet3d:
     """MC3-18: 3D convolutions in the early layers, 2D later (11.5M parameters)."""
-    return _build(tvv.mc3_18, **kw)
+    return _build(tvv.mc3_18, t_strides=(1, 1, 1, 1, 1), **kw)
 
 
 @register_model("r2plus1d_18", family="tv_resnet3d", default_tag="kinetics400")

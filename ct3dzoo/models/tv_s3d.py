@@ -4,6 +4,7 @@ Stem ``features.0.0.0`` (Conv3d 3 -> 64, 1x7x7). Upstream pools with a fixed
 ``AvgPool3d((2, 7, 7), stride 1)`` and averages the 1x1x1-conv logits; ct3dzoo pools with
 :class:`~ct3dzoo.heads.TemporalPairAvgPool`, identical at the native 224 px and defined at
 any size. Pre-logits: that pooled 1024-d vector.
+Stages end at ``features.{0, 3, 6, 12, 15}`` (before each max-pool).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 from torchvision.models import video as tvv
 
+from .._features import Stage
 from .._model import CTModel, run_blocks
 from .._registry import register_model, register_weights
 from .._specs import WeightsSpec
@@ -21,6 +23,9 @@ from ._common import TV_LICENSE, fold_stems, weights_row
 
 _MEAN = (0.43216, 0.394666, 0.37645)
 _STD = (0.22803, 0.22145, 0.216989)
+#: (first, last) index into ``features``, channels, stride (d, h, w)
+_STAGES = (((0, 0), 64, (2, 2, 2)), ((1, 3), 192, (2, 4, 4)), ((4, 6), 480, (2, 8, 8)),
+           ((7, 12), 832, (4, 16, 16)), ((13, 15), 1024, (8, 32, 32)))  # fmt: skip
 
 register_weights(
     weights_row(
@@ -66,8 +71,15 @@ class TVS3D(CTModel):
         fold_stems(net, spec, in_chans=in_chans)
         self.backbone = net
 
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return run_blocks(list(self.backbone.features), x, self.grad_checkpointing)
+    def stages(self) -> list[Stage]:
+        f = self.backbone.features
+        return [
+            Stage(f"backbone.features.{b}", c, st, self._runner(list(f[a : b + 1])))
+            for (a, b), c, st in _STAGES
+        ]
+
+    def _runner(self, blocks: list[torch.nn.Module]):
+        return lambda x: run_blocks(blocks, x, self.grad_checkpointing)
 
 
 @register_model("s3d", family="tv_s3d", default_tag="kinetics400")

@@ -4,6 +4,10 @@ Stem ``patch_embed.proj`` (Conv3d 3 -> C, 2x4x4 patches). Upstream zero-pads the
 multiple of the patch size *after* normalisation; :class:`FoldedPatchEmbed3d` reproduces
 that exactly (the padded voxels get no mean/std term). Windows shrink to the input, so any
 D, H, W works. Pre-logits: global average of the final normed tokens.
+Stages: ``features.{0, 2, 4, 6}`` (each with the patch merging before it; the first with the
+patch embedding, the last with the final ``norm``), strides (2, 4, 4) .. (2, 32, 32). Between
+stages the tokens are channels-last ``(B, D, H, W, C)``; the maps are permuted to
+``(B, C, D, H, W)``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import video as tvv
 
+from .._features import Stage
 from .._model import CTModel, run_blocks
 from .._registry import register_model, register_weights
 from .._specs import WeightsSpec
@@ -113,11 +118,34 @@ class TVSwin3d(CTModel):
         net.patch_embed = FoldedPatchEmbed3d(net.patch_embed, in_chans=in_chans, spec=spec)
         self.backbone = net
 
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def stages(self) -> list[Stage]:
         b = self.backbone
-        x = b.pos_drop(b.patch_embed(x))
-        x = run_blocks(list(b.features), x, self.grad_checkpointing)
-        return b.norm(x).permute(0, 4, 1, 2, 3)
+        f = list(b.features)
+        embed = [b.patch_embed, b.pos_drop]
+        groups = [embed + f[:1], f[1:3], f[3:5], [*f[5:7], b.norm]]
+        dim = b.patch_embed.proj.out_channels
+        pt, ph, pw = b.patch_embed.patch_size
+        return [
+            Stage(
+                "backbone.norm" if i == 3 else f"backbone.features.{2 * i}",
+                dim * 2**i,
+                (pt, ph * 2**i, pw * 2**i),
+                self._runner(g),
+            )
+            for i, g in enumerate(groups)
+        ]
+
+    def _runner(self, blocks: list[nn.Module]):
+        return lambda x: run_blocks(blocks, x, self.grad_checkpointing)
+
+    def _stage_map(self, state: torch.Tensor) -> torch.Tensor:
+        return state.permute(0, 4, 1, 2, 3)
+
+    def _final_features(self, state: torch.Tensor) -> torch.Tensor:
+        return state.permute(0, 4, 1, 2, 3)
+
+    def cam_reshape(self, output: torch.Tensor, input_shape) -> torch.Tensor:
+        return output.permute(0, 4, 1, 2, 3)  # channels-last tokens
 
 
 def _build(builder, **kw):
