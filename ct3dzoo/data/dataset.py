@@ -30,12 +30,16 @@ _META_COLS = {"path", "id", "group", "study"}
 def read_manifest(
     manifest: str | os.PathLike | Sequence[Sequence[Any] | Mapping[str, Any]],
     label_columns: Sequence[str] | None = None,
+    *,
+    mask_column: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Normalise a manifest to records ``{"path", "labels", "id", "group"}``.
+    """Normalise a manifest to records ``{"path", "labels", "id", "group"}`` (+ ``"mask"``).
 
     CSV: column ``path`` (relative paths resolve against the CSV's folder), optional
     ``id`` and ``group``/``study``, every other column (or ``label_columns``) is a label.
-    Lists: tuples ``(path, label, ...)`` or dicts with the same keys as the CSV.
+    Lists: tuples ``(path, label, ...)`` or dicts with the same keys as the CSV. With
+    ``mask_column``, that column holds a mask file's path (resolved like ``path``), kept as
+    the record's ``"mask"`` and not a label.
     """
     rows: list[dict[str, Any]]
     base: Path | None = None
@@ -58,13 +62,19 @@ def read_manifest(
                 rows.append({"path": r[0], **{f"label{i}": v for i, v in enumerate(r[1:])}})
     if not rows:
         raise ValueError("The manifest is empty")
+    meta = _META_COLS | ({mask_column} if mask_column is not None else set())
     if label_columns is None:
-        label_columns = [k for k in rows[0] if k not in _META_COLS]
+        label_columns = [k for k in rows[0] if k not in meta]
     records = []
     for i, r in enumerate(rows):
-        p = Path(str(r["path"]))
-        if base is not None and not p.is_absolute():
-            p = base / p
+        p = _resolve(r["path"], base)
+        mask = None
+        if mask_column is not None:
+            if r.get(mask_column) in ("", None):
+                raise ValueError(
+                    f"Manifest row {i} ({r.get('path')}): no mask path in column {mask_column!r}"
+                )
+            mask = _resolve(r[mask_column], base)
         try:
             labels = [
                 float(r[c]) if r[c] not in ("", None) else float("nan") for c in label_columns
@@ -74,7 +84,14 @@ def read_manifest(
         rid = str(r.get("id") or (p.stem.split(".")[0] if p.suffix else p.name))
         group = str(r.get("group") or r.get("study") or rid)
         records.append({"path": p, "labels": labels, "id": rid, "group": group})
+        if mask is not None:
+            records[-1]["mask"] = mask
     return records, list(label_columns)
+
+
+def _resolve(path: Any, base: Path | None) -> Path:
+    p = Path(str(path))
+    return base / p if base is not None and not p.is_absolute() else p
 
 
 class CTDataset(Dataset):
@@ -96,12 +113,18 @@ class CTDataset(Dataset):
         prepared: a folder filled by `prepare` (``ct3dzoo prepare``) for this manifest:
             items are read from its int16 HU arrays, memory-mapped, nothing is decoded;
             ``spacing``/``shape``/``cache_dir`` must then be left unset.
+        mask_column: a manifest column holding a 0/1 mask file per row (for segmentation):
+            read with `read_volume`, resampled with the volume (``spacing``/``shape``,
+            nearest neighbour), it becomes the item's ``"label"``, float32 ``(1, D, H, W)``
+            on the image's grid. A random ``transform`` would move the image but not the
+            mask, so ``transform`` (and ``prepared``) cannot be combined with it.
 
     Raises:
         MissingFilesError: manifest rows whose file/folder does not exist (all listed),
             or, with ``prepared``, studies absent from the cache (with their errors).
 
-    Items: ``{"image": float32 (C, D, H, W) in [0, 1], "label": float32 (num_labels,),
+    Items: ``{"image": float32 (C, D, H, W) in [0, 1], "label": float32 (num_labels,)
+    (the mask (1, D, H, W) with ``mask_column``),
     "id": str, "group": str}`` (``group`` = study key, defaults to ``id``).
     """
 
@@ -117,8 +140,19 @@ class CTDataset(Dataset):
         label_columns: Sequence[str] | None = None,
         reader: Callable[[Path], CTVolume] = read_volume,
         prepared: str | os.PathLike | None = None,
+        mask_column: str | None = None,
     ) -> None:
-        self.records, self.label_columns = read_manifest(manifest, label_columns)
+        if mask_column is not None and (transform is not None or prepared is not None):
+            raise ValueError(
+                "mask_column= reads masks on the source grid and moves them with spacing=/"
+                "shape= only: a transform= or prepared= volume would no longer align with "
+                "its mask. Resample with spacing=/shape= instead, or build (image, mask) "
+                "pairs yourself and transform both alike"
+            )
+        self.mask_column = mask_column
+        self.records, self.label_columns = read_manifest(
+            manifest, label_columns, mask_column=mask_column
+        )
         self.transform, self.windows = transform, windows
         self.prepared = Path(prepared) if prepared is not None else None
         if self.prepared is not None:
@@ -129,7 +163,8 @@ class CTDataset(Dataset):
                 )
             self._check_prepared()
         elif reader is read_volume:
-            missing = [str(r["path"]) for r in self.records if not r["path"].exists()]
+            paths = [r[k] for r in self.records for k in ("path", "mask") if k in r]
+            missing = [str(p) for p in paths if not p.exists()]
             if missing:
                 raise MissingFilesError(
                     f"{len(missing)} manifest path(s) do not exist:\n  " + "\n  ".join(missing),
@@ -209,6 +244,16 @@ class CTDataset(Dataset):
             return self._load_prepared(self.records[index])
         return self._load(self.records[index]["path"])
 
+    def load_mask(self, index: int) -> torch.Tensor:
+        """The mask of item ``index``: float32 ``(1, D, H, W)`` of 0/1, on the grid of the
+        item's image (needs ``mask_column``)."""
+        if self.mask_column is None:
+            raise ValueError("this CTDataset has no masks: pass mask_column= (a manifest column)")
+        vol = self.reader(self.records[index]["mask"])
+        if self.spacing is not None or self.shape is not None:
+            vol = resample(vol, spacing=self.spacing, shape=self.shape, mode="nearest")
+        return torch.from_numpy(np.asarray(vol.hu, dtype=np.float32) > 0.5).float()[None]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         hu, _ = self.load_hu(index)
@@ -222,9 +267,18 @@ class CTDataset(Dataset):
                     "pass windows=None when the transform windows itself."
                 )
             x = stack_windows(x[0], self.windows)
+        label = torch.tensor(rec["labels"], dtype=torch.float32)
+        if self.mask_column is not None:
+            label = self.load_mask(index)
+            if label.shape[1:] != x.shape[1:]:
+                raise ValueError(
+                    f"{rec['mask']}: mask shape {tuple(label.shape[1:])} differs from the image "
+                    f"shape {tuple(x.shape[1:])} of {rec['path']}; masks must be on the "
+                    "volume's grid"
+                )
         return {
             "image": x.float().contiguous(),
-            "label": torch.tensor(rec["labels"], dtype=torch.float32),
+            "label": label,
             "id": rec["id"],
             "group": rec["group"],
         }

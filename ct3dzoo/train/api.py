@@ -38,7 +38,12 @@ def finetune(
 
     Items are ``{"image": (C, D, H, W) in [0, 1], "label": …, "group": …}`` dicts (as
     ``ct3dzoo.data.CTDataset`` yields) or ``(x, y[, group])`` tuples; labels are 0/1
-    (binary), a class index (multi-class) or a ``(num_classes,)`` 0/1 vector (multi-label).
+    (binary), a class index (multi-class) or a ``(num_classes,)`` 0/1 vector (multi-label),
+    or a 0/1 mask ``(num_classes, D, H, W)`` (``(D, H, W)`` for one class) on the image's
+    grid for segmentation: the model then outputs ``(B, num_classes, D, H, W)`` logits
+    (``head="segmentation"``), the loss is BCE + soft Dice
+    (:func:`~ct3dzoo.train.segmentation.segmentation_loss`), and validation reports
+    ``val_dice`` (dataset-level Dice, the default monitor) and ``val_dice_case``.
     ``task`` is inferred from the first label unless given. ``batch_size`` is per process;
     under ``torchrun`` the global batch is ``batch_size * world_size``.
 
@@ -74,6 +79,11 @@ def finetune(
     first_label = item_label(train_data, 0)
     task = cfg.task or infer_task(first_label, num_classes)
     make_targets(first_label[None], task, num_classes)  # label shape and values, early
+    if task == "segmentation" and cfg.balanced_sampling:
+        raise ValueError(
+            "balanced_sampling=True weighs items by their class label; it does not "
+            "apply to segmentation masks (leave it False)"
+        )
     monitor, note = _choose_monitor(cfg, val_data, task, num_classes)
     ctx = setup_distributed(cfg.device)
     trainer = _Trainer(
@@ -112,6 +122,8 @@ def _choose_monitor(
     warning)."""
     if val_data is None:
         return cfg.monitor, None
+    if task == "segmentation":
+        return cfg.monitor or "val_dice", None
     labels = all_labels(val_data)
     targets = metric_targets(make_targets(labels, task, num_classes), task, num_classes)
     undefined = single_class_columns(targets)

@@ -202,12 +202,12 @@ def unpack(collated: Any) -> Batch:
 
 def item_label(dataset: Any, index: int) -> torch.Tensor:
     """The label of one item (from a ``CTDataset``'s manifest without decoding, also through
-    ``torch.utils.data.Subset``; else by loading the item)."""
+    ``torch.utils.data.Subset``; else, e.g. for masks, by loading the item)."""
     from ..data import CTDataset
 
     if isinstance(dataset, Subset):
         return item_label(dataset.dataset, int(dataset.indices[index]))
-    if isinstance(dataset, CTDataset):
+    if isinstance(dataset, CTDataset) and dataset.mask_column is None:
         return torch.tensor(dataset.records[index]["labels"], dtype=torch.float32)
     _, label, _ = _split_item(dataset[index])
     if label is None:
@@ -222,9 +222,12 @@ def all_labels(dataset: Any) -> torch.Tensor:
 
 
 def infer_task(label: torch.Tensor, num_classes: int) -> Task:
-    """Binary, multi-label or multi-class from one item's label and the model's outputs."""
+    """Binary, multi-label or multi-class from one item's label and the model's outputs;
+    segmentation when the label is a mask ``(D, H, W)`` or ``(C, D, H, W)``."""
     if num_classes < 1:
         raise ValueError(f"the model has num_classes={num_classes}; finetuning needs a classifier")
+    if label.dim() >= 3:
+        return "segmentation"
     if label.numel() == 1 and label.dim() <= 1:
         if num_classes == 1:
             return "binary"
@@ -243,8 +246,11 @@ def infer_task(label: torch.Tensor, num_classes: int) -> Task:
 
 
 def make_targets(label: torch.Tensor, task: Task, num_classes: int) -> torch.Tensor:
-    """Loss targets: float ``(B, L)`` for BCE, long ``(B,)`` for cross-entropy."""
+    """Loss targets: float ``(B, L)`` for BCE, long ``(B,)`` for cross-entropy, float
+    ``(B, C, D, H, W)`` masks for segmentation."""
     b = label.shape[0]
+    if task == "segmentation":
+        return _mask_targets(label, num_classes)
     if task == "multiclass":
         if label.is_floating_point() and label.shape == (b, num_classes):
             return label.float()  # soft targets / one-hot
@@ -271,6 +277,28 @@ def make_targets(label: torch.Tensor, task: Task, num_classes: int) -> torch.Ten
             f"{task} labels must be 0 or 1, got {shown}. Map them to 0/1 (e.g. 1/2 -> 0/1), "
             "fill or drop missing (NaN) labels, or, for K classes 0..K-1, use a model with "
             "num_classes=K (multi-class)"
+        )
+    return target
+
+
+def _mask_targets(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """A batch of 0/1 masks ``(B, D, H, W)`` or ``(B, C, D, H, W)`` as float
+    ``(B, num_classes, D, H, W)``."""
+    if label.dim() == 4 and num_classes == 1:
+        label = label.unsqueeze(1)
+    if label.dim() != 5 or label.shape[1] != num_classes:
+        raise ValueError(
+            f"segmentation masks must be ({num_classes}, D, H, W) per item for a model with "
+            f"num_classes={num_classes} (or (D, H, W) when it is 1); got a batch of shape "
+            f"{tuple(label.shape)}. For K exclusive classes in one label map, one-hot it to "
+            "(K, D, H, W)"
+        )
+    target = label.float()
+    if ((target != 0) & (target != 1)).any():
+        values = sorted({float(v) for v in target.unique()[:8].tolist()})
+        raise ValueError(
+            f"segmentation masks must hold 0 and 1 only, got values {values}; threshold or "
+            "map them (a mask resampled with trilinear interpolation needs mode='nearest')"
         )
     return target
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FinetuneConfig", "Freeze", "Precision", "Task"]
 
-Task = Literal["binary", "multilabel", "multiclass"]
+Task = Literal["binary", "multilabel", "multiclass", "segmentation"]
 Freeze = Literal["none", "backbone", "stem"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -87,7 +87,9 @@ class FinetuneConfig:
         None, "clip the gradient norm to this", type=float, reproduce=True
     )
     task: Task | None = _opt(
-        None, "default: inferred from the first label and model.num_classes", choices=get_args(Task)
+        None,
+        "default: inferred from the first label (a mask: segmentation) and model.num_classes",
+        choices=get_args(Task),
     )
     pos_weight: float | Sequence[float] | torch.Tensor | None = _opt(
         None, "BCE weight of positives (one number, or one per label)", type=float, nargs="+"
@@ -96,7 +98,8 @@ class FinetuneConfig:
         None,
         "history key that picks the best epoch and drives early stopping (maximised; a *loss "
         "key is minimised). Default: val_study_auroc when the validation data has groups, "
-        "else val_auroc; val_loss when the validation set holds one class only",
+        "else val_auroc; val_loss when the validation set holds one class only; val_dice "
+        "for segmentation",
         type=str,
     )
     patience: int | None = _opt(None, "stop after this many epochs without improvement", type=int)

@@ -3,7 +3,7 @@ PyTorch loop, written the way a careful practitioner would.
 
 CUDA when available (else CPU), AMP (bf16, or fp16 + GradScaler), ``channels_last_3d``,
 optional ``torch.compile``, gradient accumulation and checkpointing, early stopping on
-validation AUROC, atomic resumable checkpoints and ``torchrun`` data parallelism. The options
+validation AUROC (Dice for segmentation, :mod:`.segmentation`), atomic resumable checkpoints and ``torchrun`` data parallelism. The options
 live in :class:`~ct3dzoo.train.config.FinetuneConfig`, the optimiser and schedule in
 :mod:`.optim`, the resumable progress in :mod:`.state`.
 """
@@ -44,6 +44,7 @@ from .metrics import (
     probabilities,
 )
 from .optim import apply_freeze, build_optimizer, build_scheduler, sync_lr
+from .segmentation import segmentation_loss, validate_segmentation
 from .state import FinetuneResult, TrainState, checkpoint_state, restore_checkpoint_state
 
 __all__ = ["TIMING_KEYS"]
@@ -173,6 +174,8 @@ class _Trainer:
     # ------------------------------------------------------------------ steps
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
+        if self.task == "segmentation":
+            return segmentation_loss(logits, target, pos_weight=self.pos_weight)
         if self.task == "multiclass":
             return F.cross_entropy(logits, target)
         return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
@@ -264,6 +267,12 @@ class _Trainer:
         st.epoch_time += time.perf_counter() - t0
 
     def _validate(self) -> dict[str, float]:
+        if self.task == "segmentation":
+            return validate_segmentation(
+                self.eval_module, self.val_data, num_classes=self.num_classes,
+                batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers, ctx=self.ctx,
+                dtype=self.dtype, channels_last=self.channels_last, pos_weight=self.pos_weight,
+            )  # fmt: skip
         logits, labels, groups = _infer(
             self.eval_module,
             self.val_data,
