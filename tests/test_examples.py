@@ -152,3 +152,16 @@ def test_compare_pretraining(
     assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ct3dzoo.errors.WeightsUnavailableError):
         _example("compare_pretraining").main([*args, "--strict", "--sizes", "2"])
+
+
+def test_segment_phantom(tmp_path: Path) -> None:
+    import json
+
+    mod = _example("segment_phantom")
+    args = ["--out", str(tmp_path), "--n", "8", *TINY_SIZE, "--epochs", "1"]
+    assert mod.main(args) == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["n_train"] == 6 and s["n_val"] == 2 and s["best_epoch"] == 1
+    assert 0.0 <= s["val_dice"] <= 1.0 and 0.0 <= s["val_dice_case"] <= 1.0
+    assert s["empty_dice"] == 0.0
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()

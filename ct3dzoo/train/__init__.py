@@ -13,6 +13,7 @@ from typing import Any
 
 #: public name -> submodule that defines it
 _EXPORTS = {
+    "DiceAccumulator": "segmentation",
     "FinetuneConfig": "config",
     "FinetuneResult": "state",
     "aggregate_by_group": "metrics",
@@ -20,6 +21,7 @@ _EXPORTS = {
     "finetune": "api",
     "load_checkpoint": "checkpoint",
     "predict": "inference",
+    "segmentation_loss": "segmentation",
 }
 
 __all__ = sorted(_EXPORTS)
