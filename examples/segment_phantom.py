@@ -45,10 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain", default=None, help="weights tag (default: random init)")
     ap.add_argument("--n", type=int, default=24, help="phantom cases (3/4 train, 1/4 val)")
     ap.add_argument("--size", type=int, nargs=3, default=(16, 64, 64), metavar=("D", "H", "W"))
-    ap.add_argument("--nodule-mm", type=float, nargs=2, default=(10.0, 16.0),
+    ap.add_argument("--nodule-mm", type=float, nargs=2, default=(25.0, 35.0),
                     help="range of the nodule radius (mm)")  # fmt: skip
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--pos-weight", type=float, default=10.0,
+                    help="BCE weight of lesion voxels (they are few)")  # fmt: skip
+    ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     result = ct3dzoo.finetune(
         model, train, val, out_dir=args.out / "run", epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, warmup_epochs=1, seed=args.seed, progress=False,
+        batch_size=args.batch_size, warmup_epochs=1, pos_weight=args.pos_weight, seed=args.seed, progress=False,
     )  # fmt: skip
     best = result.history[result.best_epoch - 1]
     empty = empty_prediction_dice(val)
