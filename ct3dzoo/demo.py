@@ -68,6 +68,7 @@ def _load_model(
     progress: bool,
     seed: int,
     options: ModelOptions | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Any, str | None]:
     """``ct3dzoo.load`` with the pretrained weights, or random weights when they can't be had."""
     import torch
@@ -78,6 +79,7 @@ def _load_model(
 
     options = options or ModelOptions()
     kw = {name: getattr(options, name) for name in ("num_classes", *MODEL_OPTIONS)}
+    kw.update(arch_kwargs or {})
 
     if pretrain == "kinetics":
         from ct3dzoo._registry import get_arch
@@ -126,6 +128,8 @@ def demo(
     head: str = ModelOptions.default("head"),
     drop_rate: float = ModelOptions.default("drop_rate"),
     pretrain: str | None = "kinetics",
+    arch_kwargs: dict[str, Any] | None = None,
+    keep_checkpoints: bool = True,
     seed: int = 0,
     progress: bool = True,
     verbose: bool = True,
@@ -151,6 +155,10 @@ def demo(
             270 of 360 mm, which holds both lungs): volumes are resampled to
             ``size / crop`` in-plane, then cropped to ``size``; 1.0 = no crop.
         head, drop_rate: model options (:class:`ct3dzoo._specs.ModelOptions`, one output).
+        arch_kwargs: passed to the architecture (e.g. ``{"slice_pool": "max"}`` for the 2D
+            baselines).
+        keep_checkpoints: False writes only ``run/final`` (no ``last/``/``best/``
+            checkpoints; see ``finetune(keep_checkpoints=...)``).
         pretrain: ``"kinetics"`` (used when cached or downloadable, else random init with a
             message; an arch without Kinetics weights, like the default 2D ResNet-18, tries
             its own pretrained weights, e.g. ImageNet) or ``None`` (random init).
@@ -214,7 +222,7 @@ def demo(
     train = CTDataset(manifest, transform=transforms.Compose([centre, flips]), **common)
     val = CTDataset(val_manifest, transform=centre, **common)
 
-    model, weights = _load_model(arch, pretrain, say, progress, seed, options)
+    model, weights = _load_model(arch, pretrain, say, progress, seed, options, arch_kwargs)
     n_params = sum(p.numel() for p in model.parameters())
     say(
         f"model: {arch}, {n_params / 1e6:.1f} M parameters, input (B, 1, {', '.join(map(str, size))})"
@@ -234,6 +242,7 @@ def demo(
             warmup_epochs=min(1.0, epochs / 4),
             seed=seed,
             restore_best=False,  # report and save the last epoch, not one picked on validation
+            keep_checkpoints=keep_checkpoints,  # False: only run/final (smaller output)
             progress=progress,
         )
     train_s = time.perf_counter() - t_train
