@@ -10,7 +10,8 @@
    says so and starts from random weights;
 4. finetunes it for a few epochs (:func:`ct3dzoo.finetune`), printing a line per epoch
    (loss, validation AUROC, seconds);
-5. writes a slice montage of a positive validation case; the finetuned model is
+5. writes a slice montage of a positive validation case and its Grad-CAM overlay
+   (``saliency.png``); the finetuned model is
    ``run/final`` (``save_pretrained``). Everything lands under one output folder.
 
 Deterministic by ``seed`` (on the same machine and thread count). Python:
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._demo_output import EpochLines, folder_bytes, write_montage
+from ._demo_output import EpochLines, folder_bytes, write_montage, write_saliency
 from ._specs import ModelOptions
 
 __all__ = ["add_demo_parser", "demo", "run_demo"]
@@ -251,6 +252,7 @@ def demo(
 
     model_dir = out / "run" / "final"
     montage_path = write_montage(out, val, window, say)
+    saliency_path = write_saliency(out, model, val, window, say)
     runtime = time.perf_counter() - t0
     summary = {
         "arch": arch,
@@ -270,6 +272,7 @@ def demo(
         "manifest": str(manifest),
         "val_manifest": str(val_manifest),
         "montage": None if montage_path is None else str(montage_path),
+        "saliency": None if saliency_path is None else str(saliency_path),
         "model_dir": str(model_dir),
         "run_dir": str(out / "run"),
     }
@@ -282,6 +285,7 @@ def demo(
         f"cases; chance = 0.5) in {runtime:.0f} s ({train_s:.0f} s training)\n"
         f"  data        {out / 'data'}  (train/: NIfTI, val/: DICOM; masks/, cases.json)\n"
         f"  montage     {montage_path or '- (pip install ct3dzoo[viz] for montages)'}\n"
+        f"  saliency    {saliency_path or '- (pip install ct3dzoo[explain,viz])'}\n"
         f"  model       {model_dir}  (load: ct3dzoo.load('local-dir:{model_dir}'))\n"
         f"  checkpoints {out / 'run'}  (last/, best/, log.jsonl)\n"
         f"  summary     {summary_path}\n"
