@@ -88,3 +88,33 @@ def write_montage(
         say(f"montage: skipped ({e})")
         return None
     return path
+
+
+def write_saliency(
+    out: Path, model: Any, val: Any, window: str | tuple[float, float], say: Callable[[str], None]
+) -> Path | None:
+    """Grad-CAM of the finetuned model on the first positive validation case, as an overlay
+    montage (needs the ``[explain]`` and ``[viz]`` extras; skipped with a message otherwise)."""
+    import torch
+
+    try:
+        from ct3dzoo.explain import gradcam
+        from ct3dzoo.viz import saliency_montage
+
+        records = val.records
+        i = next((j for j, r in enumerate(records) if r["labels"][0] == 1), 0)
+        x = val[i]["image"][None]  # (1, 1, D, H, W), exactly what the model validated on
+        model.eval()
+        with torch.enable_grad():
+            cam = gradcam(model, x)[0]
+        prob = float(torch.sigmoid(model(x)).item())
+        path = out / "saliency.png"
+        saliency_montage(
+            x[0, 0], cam, path=path,
+            title=f"{records[i]['id']} (label 1), p = {prob:.2f}; Grad-CAM of the last stage; "
+            f"window {window!r}",
+        )  # fmt: skip
+    except ImportError as e:
+        say(f"saliency: skipped ({e})")
+        return None
+    return path

@@ -10,7 +10,8 @@
    says so and starts from random weights;
 4. finetunes it for a few epochs (:func:`ct3dzoo.finetune`), printing a line per epoch
    (loss, validation AUROC, seconds);
-5. writes a slice montage of a positive validation case; the finetuned model is
+5. writes a slice montage of a positive validation case and its Grad-CAM overlay
+   (``saliency.png``); the finetuned model is
    ``run/final`` (``save_pretrained``). Everything lands under one output folder.
 
 Deterministic by ``seed`` (on the same machine and thread count). Python:
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._demo_output import EpochLines, folder_bytes, write_montage
+from ._demo_output import EpochLines, folder_bytes, write_montage, write_saliency
 from ._specs import ModelOptions
 
 __all__ = ["add_demo_parser", "demo", "run_demo"]
@@ -68,6 +69,7 @@ def _load_model(
     progress: bool,
     seed: int,
     options: ModelOptions | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Any, str | None]:
     """``ct3dzoo.load`` with the pretrained weights, or random weights when they can't be had."""
     import torch
@@ -78,6 +80,7 @@ def _load_model(
 
     options = options or ModelOptions()
     kw = {name: getattr(options, name) for name in ("num_classes", *MODEL_OPTIONS)}
+    kw.update(arch_kwargs or {})
 
     if pretrain == "kinetics":
         from ct3dzoo._registry import get_arch
@@ -126,6 +129,8 @@ def demo(
     head: str = ModelOptions.default("head"),
     drop_rate: float = ModelOptions.default("drop_rate"),
     pretrain: str | None = "kinetics",
+    arch_kwargs: dict[str, Any] | None = None,
+    keep_checkpoints: bool = True,
     seed: int = 0,
     progress: bool = True,
     verbose: bool = True,
@@ -151,6 +156,10 @@ def demo(
             270 of 360 mm, which holds both lungs): volumes are resampled to
             ``size / crop`` in-plane, then cropped to ``size``; 1.0 = no crop.
         head, drop_rate: model options (:class:`ct3dzoo._specs.ModelOptions`, one output).
+        arch_kwargs: passed to the architecture (e.g. ``{"slice_pool": "max"}`` for the 2D
+            baselines).
+        keep_checkpoints: False writes only ``run/final`` (no ``last/``/``best/``
+            checkpoints; see ``finetune(keep_checkpoints=...)``).
         pretrain: ``"kinetics"`` (used when cached or downloadable, else random init with a
             message; an arch without Kinetics weights, like the default 2D ResNet-18, tries
             its own pretrained weights, e.g. ImageNet) or ``None`` (random init).
@@ -214,7 +223,7 @@ def demo(
     train = CTDataset(manifest, transform=transforms.Compose([centre, flips]), **common)
     val = CTDataset(val_manifest, transform=centre, **common)
 
-    model, weights = _load_model(arch, pretrain, say, progress, seed, options)
+    model, weights = _load_model(arch, pretrain, say, progress, seed, options, arch_kwargs)
     n_params = sum(p.numel() for p in model.parameters())
     say(
         f"model: {arch}, {n_params / 1e6:.1f} M parameters, input (B, 1, {', '.join(map(str, size))})"
@@ -234,6 +243,7 @@ def demo(
             warmup_epochs=min(1.0, epochs / 4),
             seed=seed,
             restore_best=False,  # report and save the last epoch, not one picked on validation
+            keep_checkpoints=keep_checkpoints,  # False: only run/final (smaller output)
             progress=progress,
         )
     train_s = time.perf_counter() - t_train
@@ -242,6 +252,7 @@ def demo(
 
     model_dir = out / "run" / "final"
     montage_path = write_montage(out, val, window, say)
+    saliency_path = write_saliency(out, model, val, window, say)
     runtime = time.perf_counter() - t0
     summary = {
         "arch": arch,
@@ -261,6 +272,7 @@ def demo(
         "manifest": str(manifest),
         "val_manifest": str(val_manifest),
         "montage": None if montage_path is None else str(montage_path),
+        "saliency": None if saliency_path is None else str(saliency_path),
         "model_dir": str(model_dir),
         "run_dir": str(out / "run"),
     }
@@ -273,6 +285,7 @@ def demo(
         f"cases; chance = 0.5) in {runtime:.0f} s ({train_s:.0f} s training)\n"
         f"  data        {out / 'data'}  (train/: NIfTI, val/: DICOM; masks/, cases.json)\n"
         f"  montage     {montage_path or '- (pip install ct3dzoo[viz] for montages)'}\n"
+        f"  saliency    {saliency_path or '- (pip install ct3dzoo[explain,viz])'}\n"
         f"  model       {model_dir}  (load: ct3dzoo.load('local-dir:{model_dir}'))\n"
         f"  checkpoints {out / 'run'}  (last/, best/, log.jsonl)\n"
         f"  summary     {summary_path}\n"

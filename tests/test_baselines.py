@@ -167,7 +167,7 @@ def test_lrcn_is_a_bidirectional_gru_over_slices():
 def test_2d_pretrain_aliases(monkeypatch):
     seen = {}
 
-    def fake(cfg, *, progress=True):
+    def fake(cfg, *, progress=True, validate=None):
         seen["cfg"] = cfg
         return {k: v for k, v in tvm.resnet18(weights=None).state_dict().items()}
 

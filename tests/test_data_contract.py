@@ -14,6 +14,7 @@ import torch
 
 import ct3dzoo
 from ct3dzoo.data import WINDOWS, CTVolume, apply_window, resample, transforms_for
+from ct3dzoo.data.contract import reorientation
 
 HU = torch.tensor([-3000.0, -1000.0, -100.0, 0.0, 400.0, 900.0, 1000.0, 2500.0]).reshape(2, 2, 2)
 
@@ -95,13 +96,22 @@ def test_stated_spacing_resamples_a_ctvolume():
         assert transforms_for(spec)(hu).shape == (1, 8, 6, 6)
 
 
-def test_stated_orientation_is_reported_not_silently_ignored():
+def test_stated_orientation_is_applied_exactly():
     spec = ct3dzoo.get_pretrained_cfg("genesis_unet3d")
     spec = dataclasses.replace(
-        spec, input_contract=dataclasses.replace(spec.input_contract, orientation="RAS")
+        spec, input_contract=dataclasses.replace(spec.input_contract, orientation="SRA")
     )
-    with pytest.warns(UserWarning, match="orientation RAS"):
-        transforms_for(spec)(HU)
+    hu = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4) * 10 - 100
+    out = transforms_for(spec)(hu)[0]
+    lo, hi = spec.input_contract.hu_range
+    # SPL -> SRA: D stays (S); H <- W flipped (L -> R); W <- H flipped (P -> A)
+    expect = ((hu.flip(-2, -1).transpose(-2, -1)).clamp(lo, hi) - lo) / (hi - lo)
+    torch.testing.assert_close(out, expect)
+    assert out.shape == (2, 4, 3)
+    assert reorientation("SPL", "SPL") == ((0, 1, 2), (False, False, False))
+    assert reorientation("SPL", "RAS") == ((2, 1, 0), (True, True, False))
+    with pytest.raises(ValueError, match="cannot reorient"):
+        reorientation("SPL", "SSL")
 
 
 def test_names_resolve_without_importing_the_models():

@@ -66,8 +66,12 @@ def test_demo_result_and_files(tiny_run: tuple[dict[str, Any], str]) -> None:
         "cache",
         "run",
         "montage.png",
+        "saliency.png",
         "summary.json",
     }
+    # a Grad-CAM overlay of a positive held-out case, written as PNG
+    assert Path(s["saliency"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Path(s["saliency"]).stat().st_size > 1000
     assert Path(s["model_dir"]).parent == out / "run"
     assert s["bytes"] == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     lines = printed.splitlines()

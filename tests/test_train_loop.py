@@ -292,3 +292,23 @@ def test_config_object_with_keyword_overrides(tmp_path: Path) -> None:
     assert r.out_dir == tmp_path / "a" and len(r.history) == 1
     assert r.history[0]["lr"] == pytest.approx(0.5 * 0.5)  # the end of the cosine: lr * ratio
     assert cfg.warmup_epochs == 1.0  # the config object itself is unchanged (frozen)
+
+
+def test_keep_checkpoints_false_writes_only_final_and_the_log(tmp_path: Path) -> None:
+    kw = dict(epochs=2, lr=1e-2, batch_size=8, **FAST)
+    torch.manual_seed(0)
+    a = finetune(
+        make_model(), BlobData(16, seed=0), BlobData(16, seed=1), out_dir=tmp_path / "a",
+        restore_best=False, **kw,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    b = finetune(
+        make_model(), BlobData(16, seed=0), BlobData(16, seed=1), out_dir=tmp_path / "b",
+        restore_best=False, keep_checkpoints=False, **kw,
+    )  # fmt: skip
+    assert metrics_only(a.history) == metrics_only(b.history)  # same training
+    assert (tmp_path / "a" / "last").is_dir() and (tmp_path / "a" / "best").is_dir()
+    assert not (tmp_path / "b" / "last").exists() and not (tmp_path / "b" / "best").exists()
+    assert (tmp_path / "b" / "log.jsonl").is_file()
+    with pytest.raises(ValueError, match=r"keep_checkpoints=False .* restore_best=False"):
+        finetune(make_model(), BlobData(4, seed=0), out_dir=tmp_path / "c", keep_checkpoints=False)

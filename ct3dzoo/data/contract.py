@@ -12,10 +12,11 @@ it into one callable, so nobody copies numbers from a model card:
 
 When the row states a voxel spacing and the input is a :class:`CTVolume` (or the call gives
 ``spacing=``), the volume is resampled to it first (:func:`ct3dzoo.data.resample`, trilinear).
-Orientation: ct3dzoo's readers already put every volume in one array convention
-(``D`` inferior->superior, ``H`` anterior->posterior, ``W`` right->left); the data layer has
-no other reorientation, so a row stating another orientation (e.g. ``"RAS"``) gets a warning
-and the array is passed on as is. Sizes are not changed (models run at any size their strides
+Orientation: ct3dzoo's readers put every volume in one array convention, axis codes
+``"SPL"`` (``D`` inferior->superior, ``H`` anterior->posterior, ``W`` right->left; each letter
+names where an axis points, as MONAI's ``Orientation(axcodes=...)``). A row stating other
+codes for its ``(D, H, W)`` axes (Merlin: ``"SRA"``) gets the array permuted and flipped to
+them (exact: no interpolation); the row's spacing is in its own axis order. Sizes are not changed (models run at any size their strides
 allow; crop or resize with :mod:`ct3dzoo.data.transforms`).
 
 This module sits below the models: it reads a weights spec, an object with
@@ -45,7 +46,29 @@ __all__ = ["InputTransform", "resolve_weights_spec", "transforms_for"]
 
 _CATALOG = Path(__file__).resolve().parents[1] / "catalog.json"
 #: the axis convention every ct3dzoo reader returns (see ct3dzoo.data.volume)
-_ARRAY_CONVENTION = "D inferior->superior, H anterior->posterior, W right->left"
+_ARRAY_CONVENTION = "SPL"  # D inferior->superior, H anterior->posterior, W right->left
+_OPPOSITE = {"S": "I", "I": "S", "P": "A", "A": "P", "L": "R", "R": "L"}
+
+
+def reorientation(src: str, dst: str) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+    """How to turn axis codes ``src`` into ``dst`` (e.g. ``"SPL"`` -> ``"SRA"``): for each
+    target axis, the source axis it comes from and whether it is flipped."""
+    src, dst = src.upper(), dst.upper()
+    if (
+        sorted(_OPPOSITE.get(c, c) if c in "IAR" else c for c in src)
+        != sorted(_OPPOSITE.get(c, c) if c in "IAR" else c for c in dst)
+        or len(src) != 3
+        or any(c not in _OPPOSITE for c in src + dst)
+    ):
+        raise ValueError(
+            f"cannot reorient axis codes {src!r} to {dst!r}: use S/I, P/A, L/R once each"
+        )
+    perm, flips = [], []
+    for t in dst:
+        j = next(i for i, c in enumerate(src) if c in (t, _OPPOSITE[t]))
+        perm.append(j)
+        flips.append(src[j] != t)
+    return tuple(perm), tuple(flips)  # type: ignore[return-value]
 
 
 def _from_catalog(name: str) -> WeightsSpec:
@@ -123,22 +146,17 @@ class InputTransform:
 
     def _geometry(self, x: Any, spacing: Sequence[float] | None) -> Any:
         c = self.contract
-        if c.orientation and not self._warned:
-            self._warned = True
-            warnings.warn(
-                f"{self.name}: the weights expect orientation {c.orientation}; ct3dzoo.data "
-                f"has no reorientation beyond its readers' convention ({_ARRAY_CONVENTION}), so "
-                "the array is passed on as is. Flip/transpose it yourself if they differ.",
-                UserWarning,
-                stacklevel=3,
-            )
+        perm, flips = reorientation(_ARRAY_CONVENTION, c.orientation or _ARRAY_CONVENTION)
+        target = None  # the row's spacing in the readers' axis order
+        if c.spacing is not None:
+            target = [0.0, 0.0, 0.0]
+            for i, j in enumerate(perm):
+                target[j] = float(c.spacing[i])
         if isinstance(x, CTVolume):
-            return x.hu if c.spacing is None else resample(x, spacing=c.spacing).hu
-        if c.spacing is None:
-            return x
-        if spacing is not None:
-            return resample(_hu_tensor(x), spacing=c.spacing, src_spacing=tuple(spacing))
-        if not self._warned:
+            x = x.hu if target is None else resample(x, spacing=tuple(target)).hu
+        elif target is not None and spacing is not None:
+            x = resample(_hu_tensor(x), spacing=tuple(target), src_spacing=tuple(spacing))
+        elif target is not None and not self._warned:
             self._warned = True
             warnings.warn(
                 f"{self.name}: the weights expect {c.spacing} mm voxels but an array came without "
@@ -146,7 +164,13 @@ class InputTransform:
                 UserWarning,
                 stacklevel=3,
             )
-        return x
+        if perm == (0, 1, 2) and not any(flips):
+            return x
+        t = _hu_tensor(x)
+        lead = t.ndim - 3
+        t = t.permute(*range(lead), *(lead + j for j in perm))
+        dims = [lead + i for i, f in enumerate(flips) if f]
+        return t.flip(dims) if dims else t
 
     def __call__(self, x: Any, *, spacing: Sequence[float] | None = None) -> torch.Tensor:
         x = _hu_tensor(self._geometry(x, spacing))

@@ -138,6 +138,12 @@ class FinetuneConfig:
     restore_best: bool = _opt(
         True, "load the best epoch's weights into the model at the end", group=RUN
     )
+    keep_checkpoints: bool = _opt(
+        True,
+        "write last/ (resumable, with optimiser state) and best/ each epoch; False writes only "
+        "final/ and log.jsonl (no resume, no restore_best)",
+        group=RUN,
+    )
     progress: bool = _opt(True, "tqdm progress bar (rank 0)", group=RUN)
 
     def __post_init__(self) -> None:
@@ -150,6 +156,11 @@ class FinetuneConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not self.keep_checkpoints and (self.resume or self.restore_best):
+            raise ValueError(
+                "keep_checkpoints=False writes no last/ or best/, so it needs resume=False and "
+                "restore_best=False"
+            )
         for f in fields(self):
             choices = f.metadata["choices"]
             v = getattr(self, f.name)

@@ -124,7 +124,7 @@ class _Trainer:
         return {**cfg.reproducible(), "epochs": cfg.epochs, "world_size": self.ctx.world_size}
 
     def _save(self, name: str, *, full: bool = True) -> None:
-        if not self.ctx.is_main:
+        if not self.ctx.is_main or not self.cfg.keep_checkpoints:
             return
         st = self.state
         meta = {"epoch": st.epoch, "batch": st.batch, "global_step": st.global_step}
