@@ -12,7 +12,7 @@ positive validation cases:
      the model must change (low correlation). The randomised model's pointing game is shown
      beside it.
 
-    python benchmarks/saliency_validity.py [--arch r3d_18] [--n 32] [--size 16 64 64]
+    python benchmarks/saliency_validity.py [--arch resnet18_2d] [--n 64] [--size 16 64 64]
 """
 
 from __future__ import annotations
@@ -58,11 +58,11 @@ def _pointing(maps: list[torch.Tensor], regions: list[torch.Tensor]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", default="r3d_18")
-    ap.add_argument("--n", type=int, default=32, help="phantom cases (3/4 train, 1/4 val)")
+    ap.add_argument("--arch", default="resnet18_2d")
+    ap.add_argument("--n", type=int, default=64, help="phantom cases (3/4 train, 1/4 val)")
     ap.add_argument("--size", type=int, nargs=3, default=(16, 64, 64), metavar=("D", "H", "W"))
     ap.add_argument("--nodule-mm", type=float, nargs=2, default=(16.0, 24.0))
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
