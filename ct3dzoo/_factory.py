@@ -82,14 +82,8 @@ def create_model(
 ) -> CTModel | FeatureListNet:
     """Build ``arch`` (or ``arch.tag``) with random weights, its stem folded with the weights'
     mean/std. Options as :func:`load`."""
-    opts = ModelOptions(
-        num_classes=num_classes,
-        in_chans=in_chans,
-        head=head,
-        drop_rate=drop_rate,
-        num_slices=num_slices,
-        image_size=image_size,
-    )
+    # the keyword arguments named like ModelOptions fields (validated there)
+    opts = ModelOptions(**{k: v for k, v in locals().items() if k in ModelOptions.names()})
     name, tag = split_name(arch)
     get_arch(name)
     model = _build(name, resolve_tag(name, pretrained_tag or tag), opts, arch_kwargs)
@@ -162,14 +156,8 @@ def load(
             downloadable (the message says how to get them by hand). Never falls back to
             random weights.
     """
-    opts = ModelOptions(
-        num_classes=num_classes,
-        in_chans=in_chans,
-        head=head,
-        drop_rate=drop_rate,
-        num_slices=num_slices,
-        image_size=image_size,
-    )
+    # the keyword arguments named like ModelOptions fields (validated there)
+    opts = ModelOptions(**{k: v for k, v in locals().items() if k in ModelOptions.names()})
     if isinstance(arch, str) and arch.startswith(("hf-hub:", "local-dir:")):
         overrides = {k: getattr(opts, k) for k in opts.names() if not opts.is_default(k)}
         model = _load_from_ref(

@@ -52,6 +52,21 @@ def _check_dataset(data: Any, name: str) -> None:
         raise ValueError(f"{name} is empty: it has no items to train or evaluate on")
 
 
+def eval_loader(data: Any, *, batch_size: int, num_workers: int, ctx: DistContext) -> DataLoader:
+    """``data`` in order, sharded over ranks without padding, for evaluation passes."""
+    sampler = EpochSampler(
+        len(data), shuffle=False, num_replicas=ctx.world_size, rank=ctx.rank, pad=False
+    )
+    return DataLoader(
+        IndexedDataset(data),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=ctx.device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),  # leave the global RNG alone
+    )
+
+
 def _infer(
     model: nn.Module,
     data: Any,
@@ -66,17 +81,7 @@ def _infer(
 
     Sharded over ranks without padding; every rank gets the full result.
     """
-    sampler = EpochSampler(
-        len(data), shuffle=False, num_replicas=ctx.world_size, rank=ctx.rank, pad=False
-    )
-    loader = DataLoader(
-        IndexedDataset(data),
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=ctx.device.type == "cuda",
-        generator=torch.Generator().manual_seed(0),  # leave the global RNG alone
-    )
+    loader = eval_loader(data, batch_size=batch_size, num_workers=num_workers, ctx=ctx)
     was_training = model.training
     model.eval()
     idx, logits, labels, groups = [], [], [], []

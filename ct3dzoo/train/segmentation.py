@@ -13,11 +13,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from .batches import EpochSampler, IndexedDataset, make_targets, unpack
+from .batches import make_targets, unpack
 from .distributed import DistContext
-from .inference import _autocast, _to_device
+from .inference import _autocast, _to_device, eval_loader
 
 __all__ = ["DiceAccumulator", "segmentation_loss", "validate_segmentation"]
 
@@ -104,17 +103,7 @@ def validate_segmentation(
 ) -> dict[str, float]:
     """``val_loss`` (mean of the batch losses, weighted by batch size), ``val_dice`` and
     ``val_dice_case`` (:class:`DiceAccumulator`) over ``data``, sharded over ranks."""
-    sampler = EpochSampler(
-        len(data), shuffle=False, num_replicas=ctx.world_size, rank=ctx.rank, pad=False
-    )
-    loader = DataLoader(
-        IndexedDataset(data),
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=ctx.device.type == "cuda",
-        generator=torch.Generator().manual_seed(0),  # leave the global RNG alone
-    )
+    loader = eval_loader(data, batch_size=batch_size, num_workers=num_workers, ctx=ctx)
     was_training = model.training
     model.eval()
     acc = DiceAccumulator(num_classes, ctx.device)
