@@ -4,8 +4,9 @@ Readers, same series, same process, files in the page cache (each reader runs on
 timing), rounds interleaved so load changes hit every reader alike; the table gives the
 best and the median run of each and their ratios to ct3dzoo (default workers):
 
-- ct3dzoo ``read_dicom_series`` (headers parsed once with only the needed elements, pixel
-  data decoded in a thread pool into one array), with the default workers and with 1;
+- ct3dzoo ``read_dicom_series`` (headers parsed once with only the needed elements, straight
+  from the bytes for uncompressed little-endian files; pixel data read by a thread pool
+  into one array), with the default workers and with 1;
 - SimpleITK ``ImageSeriesReader`` (GDCM), file order from ``GetGDCMSeriesFileNames``;
 - naive pydicom: ``dcmread`` every file, sort by position along the normal, stack
   ``pixel_array * slope + intercept``;

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import DicomSeriesError
 from ._dicom_pixels import Frame
+from ._dicom_raw import TAGS, RawHeader, read_raw_header
 
 __all__ = [
     "check_decoder",
@@ -81,6 +82,8 @@ def _top(ds: Any, attr: str, default: Any = None) -> Any:
     """Top-level element value; a decimal string (DS) not yet converted is parsed to
     float(s) directly, skipping pydicom's per-value ``DSfloat`` objects (same numbers,
     several times faster, and this runs for every slice)."""
+    if isinstance(ds, RawHeader):
+        return ds.get(attr, default)
     pydicom = pydicom_module()
     tag = pydicom.datadict.tag_for_keyword(attr)
     elem = ds.get_item(tag, keep_deferred=True) if tag is not None else None
@@ -139,31 +142,22 @@ def check_decoder(ds: Any, f: Path) -> None:
             )
 
 
-#: The only elements the reader parses; everything else in a header is skipped unread.
-_TAGS = [
-    "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesDescription", "Modality",
-    "ConvolutionKernel", "GantryDetectorTilt", "SliceThickness", "SpacingBetweenSlices",
-    "ImagePositionPatient", "ImageOrientationPatient", "SamplesPerPixel",
-    "PhotometricInterpretation", "NumberOfFrames", "Rows", "Columns", "PixelSpacing",
-    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration",
-    "PixelPaddingValue", "PixelPaddingRangeLimit", "RescaleIntercept", "RescaleSlope",
-    "RescaleType", "ModalityLUTSequence", "SharedFunctionalGroupsSequence",
-    "PerFrameFunctionalGroupsSequence", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
-    "PixelData",
-]  # fmt: skip
-
-
 @functools.cache
 def _tag_ints() -> list[int]:
-    """`_TAGS` as ints (pydicom matches ints faster than keywords)."""
-    return [int(pydicom_module().tag.Tag(t)) for t in _TAGS]
+    """`TAGS` as ints (pydicom matches ints faster than keywords)."""
+    return [int(pydicom_module().tag.Tag(t)) for t in TAGS]
 
 
 def _read_header(f: Path, pydicom: Any) -> tuple[Any, str | None]:
     """``(dataset, None)`` for an image, ``(None, None)`` for a non-image or non-DICOM file,
     ``(None, reason)`` for a DICOM file whose header cannot be read (e.g. truncated).
 
-    Parses only `_TAGS`; ``PixelData`` stays on disk until decoded (deferred read)."""
+    Most files take the fast path (`_dicom_raw.read_raw_header`: the needed elements straight
+    from the bytes); the others are parsed by pydicom, only `TAGS`, with ``PixelData`` left on
+    disk until decoded (deferred read)."""
+    raw = read_raw_header(f)
+    if raw is not None:
+        return raw, None
     try:
         ds = pydicom.dcmread(f, defer_size=1024, specific_tags=_tag_ints())
     except pydicom.errors.InvalidDicomError:

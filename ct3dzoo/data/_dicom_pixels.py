@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ._dicom_raw import RawHeader
+
 __all__ = [
     "AIR_HU",
     "Frame",
@@ -34,7 +36,7 @@ class Frame:
     """One image plane of a series: its header dataset and where it lies."""
 
     file: Path
-    ds: Any  # pydicom Dataset (header; PixelData deferred)
+    ds: Any  # RawHeader (fast path) or pydicom Dataset (header; PixelData deferred)
     index: int | None  # frame number inside a multi-frame file, None for a classic slice
     ipp: np.ndarray  # ImagePositionPatient (3,)
     iop: np.ndarray  # ImageOrientationPatient (6,)
@@ -129,14 +131,17 @@ def decode_frames(
         ks = by_file[f]
         ds = frames[ks[0]].ds
         try:
-            arr = _read_native(ds, f)
-            if arr is None:
-                arr = pixel_array(ds)
+            if isinstance(ds, RawHeader):
+                arr = ds.read_pixels(f)
+            else:
+                arr = _read_native(ds, f)
+                if arr is None:
+                    arr = pixel_array(ds)
         except Exception as e:  # any decoder failure: name the file
             failed[f] = f"{type(e).__name__}: {e}"
             return
         finally:
-            if "PixelData" in ds:
+            if not isinstance(ds, RawHeader) and "PixelData" in ds:
                 del ds.PixelData  # do not keep the raw bytes alive
         arr = arr.reshape(-1, *arr.shape[-2:])
         if arr.shape[1:] != (rows, cols):

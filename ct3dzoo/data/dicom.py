@@ -69,7 +69,9 @@ def read_dicom_series(
     """Read one CT series (classic one-file-per-slice or enhanced multi-frame).
 
     Every pixel is placed where DICOM PS3.3 C.7.6.2.1.1 puts it. Headers are parsed once,
-    only the needed elements; pixel data are decoded by ``workers`` threads into one array.
+    only the needed elements (straight from the bytes for uncompressed little-endian
+    single-frame files, by pydicom for all others); pixel data are decoded by ``workers``
+    threads into one array.
 
     - **Gantry tilt**: when the slice origins drift in-plane by more than a quarter pixel
       instead of stepping along the slice normal (a tilted gantry), ``tilt="resample"``
@@ -151,12 +153,11 @@ def _read(
     frames = [fr for f, ds in items for fr in frames_of(f, ds)]
 
     iop = frames[0].iop
-    for fr in frames[1:]:
-        if not np.allclose(fr.iop, iop, atol=1e-3):
-            raise DicomSeriesError(
-                "Slices have different ImageOrientationPatient (a localizer or a mixed series); "
-                "pass only the slices of one stack."
-            )
+    if not np.allclose(np.stack([fr.iop for fr in frames]), iop, atol=1e-3):
+        raise DicomSeriesError(
+            "Slices have different ImageOrientationPatient (a localizer or a mixed series); "
+            "pass only the slices of one stack."
+        )
     row_cos, col_cos = iop[:3], iop[3:]
     normal = np.cross(row_cos, col_cos)
     pos = np.array([normal @ fr.ipp for fr in frames])
