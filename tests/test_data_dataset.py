@@ -92,6 +92,32 @@ def test_cache_is_written_atomically_and_reused(tmp_path: Path) -> None:
     assert len(calls) == 2  # other preprocessing, other cache entry
 
 
+def test_in_memory_reads_each_volume_once(tmp_path: Path) -> None:
+    a, b = make_npz(tmp_path, "a", 250.0, shape=(4, 8, 8)), make_npz(tmp_path, "b", -400.0)
+    calls: list[Path] = []
+
+    def reader(p: Path) -> CTVolume:
+        calls.append(p)
+        from ct3dzoo.data import read_volume
+
+        return read_volume(p)
+
+    def doubling(x: torch.Tensor) -> torch.Tensor:  # in place: must not touch the held copy
+        return x.mul_(2.0)
+
+    kw = {"shape": (2, 4, 4), "reader": reader, "transform": doubling, "windows": None}
+    held = CTDataset([(a, 1), (b, 0)], in_memory=True, **kw)
+    first = [held[i]["image"] for i in range(2)]
+    second = [held[i]["image"] for i in range(2)]
+    assert len(calls) == 2  # one read per volume, however many epochs
+    for x, y in zip(first, second):
+        assert torch.equal(x, y)
+    assert first[0][0, 0, 0, 0].item() == 500.0 and first[1][0, 0, 0, 0].item() == -800.0
+    plain = CTDataset([(a, 1), (b, 0)], **kw)
+    assert torch.equal(plain[0]["image"], first[0]) and torch.equal(plain[0]["image"], first[0])
+    assert len(calls) == 4  # without in_memory: read on every access
+
+
 def test_failed_cache_write_leaves_no_partial_file(tmp_path: Path, monkeypatch) -> None:
     a = make_npz(tmp_path, "a", 0.0)
     cache = tmp_path / "cache"

@@ -118,6 +118,10 @@ class CTDataset(Dataset):
             nearest neighbour), it becomes the item's ``"label"``, float32 ``(1, D, H, W)``
             on the image's grid. A random ``transform`` would move the image but not the
             mask, so ``transform`` (and ``prepared``) cannot be combined with it.
+        in_memory: keep each volume in RAM once read and resampled (before ``transform``,
+            so random transforms stay random): later epochs skip the reader and the disk
+            cache. Per process: DataLoader workers each fill their own copy (use
+            ``num_workers=0`` or persistent workers); for data that fit in memory.
 
     Raises:
         MissingFilesError: manifest rows whose file/folder does not exist (all listed),
@@ -141,6 +145,7 @@ class CTDataset(Dataset):
         reader: Callable[[Path], CTVolume] = read_volume,
         prepared: str | os.PathLike | None = None,
         mask_column: str | None = None,
+        in_memory: bool = False,
     ) -> None:
         if mask_column is not None and (transform is not None or prepared is not None):
             raise ValueError(
@@ -174,6 +179,8 @@ class CTDataset(Dataset):
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.spacing, self.shape, self.reader = spacing, shape, reader
+        self.in_memory = bool(in_memory)
+        self._held: dict[int, tuple[np.ndarray, tuple[float, ...]]] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -240,9 +247,15 @@ class CTDataset(Dataset):
 
     def load_hu(self, index: int) -> tuple[np.ndarray, tuple[float, ...]]:
         """HU array ``(D, H, W)`` (memory-mapped when cached) and its spacing."""
+        if index in self._held:
+            return self._held[index]
         if self.prepared is not None:
-            return self._load_prepared(self.records[index])
-        return self._load(self.records[index]["path"])
+            out = self._load_prepared(self.records[index])
+        else:
+            out = self._load(self.records[index]["path"])
+        if self.in_memory:
+            self._held[index] = (np.array(out[0]), out[1])  # a copy: no open memory map
+        return out
 
     def load_mask(self, index: int) -> torch.Tensor:
         """The mask of item ``index``: float32 ``(1, D, H, W)`` of 0/1, on the grid of the
