@@ -15,7 +15,7 @@ best and the median run of each and their ratios to ct3dzoo (default workers):
 The series is built from the RSNA demo slices in ``../shared/data/rsna-pe-demo`` (cycled,
 new positions and UIDs) or, when absent, from a synthetic chest-like slice (pydicom).
 
-Usage: ``python benchmarks/dicom_read.py [--slices 240] [--repeats 5] [--workers N]``.
+Usage: ``python benchmarks/dicom_read.py [--slices 240] [--repeats 5] [--workers 1 2 4 ...]``.
 Needs ``pip install 'ct3dzoo[dicom,bench]'`` (SimpleITK, monai, itk-io).
 """
 
@@ -91,24 +91,32 @@ def simpleitk(folder: Path) -> np.ndarray:
 
 
 def monai(reader: str) -> Callable[[Path], np.ndarray]:
-    from monai.transforms import LoadImage
+    def read(folder: Path) -> np.ndarray:  # imported on first use: a missing MONAI skips the row
+        from monai.transforms import LoadImage
 
-    load = LoadImage(reader=reader, image_only=True)
-    return lambda folder: np.asarray(load(str(folder)))
+        return np.asarray(LoadImage(reader=reader, image_only=True)(str(folder)))
+
+    return read
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--slices", type=int, default=240)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--workers", type=int, default=None, help="ct3dzoo threads (default: cores)")
+    p.add_argument(
+        "--workers", type=int, nargs="+", default=[1],
+        help="extra ct3dzoo rows with these thread counts (default: 1); the first row always "
+        "uses the reader's default (the usable cores)",
+    )  # fmt: skip
     args = p.parse_args()
-    workers = args.workers  # None: the reader's default (the usable cores)
     cores = len(os.sched_getaffinity(0))
-    label = f"workers={workers}" if workers else f"default workers = {cores} cores"
+
+    def ours(workers: int | None) -> Callable[[Path], np.ndarray]:
+        return lambda f: read_dicom_series(f, workers=workers).hu
+
     readers: dict[str, Callable[[Path], np.ndarray]] = {
-        f"ct3dzoo read_dicom_series ({label})": lambda f: read_dicom_series(f, workers=workers).hu,
-        "ct3dzoo read_dicom_series (workers=1)": lambda f: read_dicom_series(f, workers=1).hu,
+        f"ct3dzoo read_dicom_series (default workers = {cores} cores)": ours(None),
+        **{f"ct3dzoo read_dicom_series (workers={w})": ours(w) for w in args.workers},
         "SimpleITK ImageSeriesReader (GDCM)": simpleitk,
         "naive pydicom (dcmread + pixel_array)": naive_pydicom,
     }

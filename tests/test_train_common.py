@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torch.utils.data import Dataset, DistributedSampler
 
+import ct3dzoo
 from ct3dzoo.train import aggregate_by_group, classification_metrics, load_checkpoint
 from ct3dzoo.train.batches import (
     EpochSampler,
@@ -30,6 +31,7 @@ from ct3dzoo.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from ct3dzoo.train.inference import default_channels_last
 
 SHAPE = (1, 8, 16, 16)
 
@@ -299,3 +301,15 @@ def test_train_state_roundtrips_every_field_through_state_pt(tmp_path: Path) -> 
     assert sched2.last_epoch == 1 and opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
     with pytest.raises(ValueError, match="not a finetune checkpoint"):
         restore_checkpoint_state({"x": 1}, optimizer=opt2, scheduler=sched2, scaler=scaler)
+
+
+@pytest.mark.parametrize(
+    ("arch", "on_cuda"),
+    [("r3d_18", True), ("medicalnet_resnet10", True), ("x3d_xs", False), ("csn_r101", False)],
+)
+def test_channels_last_default_skips_grouped_3d_convs(arch: str, on_cuda: bool) -> None:
+    """channels_last_3d made bf16 X3D/CSN steps ~20x slower on an H200 (docs/benchmarks.md):
+    the default keeps them contiguous; plain 3D convnets get it on CUDA, nothing on CPU."""
+    model = ct3dzoo.create_model(arch, num_classes=1)
+    assert default_channels_last(model, torch.device("cuda")) is on_cuda
+    assert default_channels_last(model, torch.device("cpu")) is False

@@ -123,7 +123,12 @@ class FinetuneConfig:
         choices=get_args(Precision),
         reproduce=True,
     )
-    channels_last: bool | None = _opt(None, "channels_last_3d layout (default: on CUDA)", group=RUN)
+    channels_last: bool | None = _opt(
+        None,
+        "channels_last_3d layout (default: on CUDA, except models with grouped 3D convolutions, "
+        "e.g. X3D and CSN, which ran far slower in it)",
+        group=RUN,
+    )
     compile: bool = _opt(False, "torch.compile the model", group=RUN)
     grad_checkpointing: bool = _opt(False, "model.set_grad_checkpointing(True)", group=RUN)
     checkpoint_every_steps: int | None = _opt(

@@ -36,7 +36,7 @@ from .batches import (
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import FinetuneConfig
 from .distributed import DistContext
-from .inference import _autocast, _autocast_dtype, _infer, _to_device
+from .inference import _autocast, _autocast_dtype, _infer, _to_device, default_channels_last
 from .metrics import (
     Task,
     aggregate_by_group,
@@ -74,7 +74,7 @@ class _Trainer:
         self.out_dir = Path(cfg.out_dir)
         device = ctx.device
         self.channels_last = (
-            device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+            default_channels_last(model, device) if cfg.channels_last is None else cfg.channels_last
         )
         self.progress = cfg.progress and ctx.is_main
         self.dtype = _autocast_dtype(cfg.precision, device)
