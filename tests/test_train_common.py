@@ -313,3 +313,42 @@ def test_channels_last_default_skips_grouped_3d_convs(arch: str, on_cuda: bool) 
     model = ct3dzoo.create_model(arch, num_classes=1)
     assert default_channels_last(model, torch.device("cuda")) is on_cuda
     assert default_channels_last(model, torch.device("cpu")) is False
+
+
+def test_optimizer_is_fused_and_steps_like_the_plain_one() -> None:
+    """finetune's AdamW uses torch's fused kernel (on CPU since torch 2.4): same groups,
+    same update as the per-tensor implementation to float rounding."""
+    from ct3dzoo.train.config import FinetuneConfig
+    from ct3dzoo.train.optim import build_optimizer
+
+    def net() -> nn.Module:  # no bias before the norm: its gradient is rounding noise
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv3d(1, 4, 3, bias=False), nn.BatchNorm3d(4), nn.Flatten(), nn.Linear(128, 1)
+        )
+
+    a, b = net(), net()
+    cfg = FinetuneConfig(out_dir="unused", lr=1e-2, weight_decay=0.1)
+    fused = build_optimizer(a, cfg)
+    assert fused.defaults["fused"] is True
+    by_id = {id(p): q for p, q in zip(a.parameters(), b.parameters())}
+    plain = torch.optim.AdamW(
+        [
+            {"params": [by_id[id(p)] for p in g["params"]], "weight_decay": g["weight_decay"]}
+            for g in fused.param_groups
+        ],
+        lr=1e-2,
+        foreach=False,
+    )
+    assert [g["weight_decay"] for g in plain.param_groups] == [0.0, 0.1]
+    x = torch.rand(3, 1, 4, 6, 6)
+    for _ in range(3):
+        for model, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    moved = 0.0
+    for (name, p), q, p0 in zip(a.named_parameters(), b.parameters(), net().parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+        moved = max(moved, (p - p0).abs().max().item())
+    assert moved > 1e-3  # the steps did move the weights

@@ -72,13 +72,22 @@ def apply_freeze(model: nn.Module, freeze: Freeze) -> list[nn.Module]:
 
 
 def build_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, grouped by :func:`param_groups`."""
+    """AdamW over the trainable parameters, grouped by :func:`param_groups`.
+
+    The fused implementation where torch has it for the parameters' device (CPU and CUDA
+    since torch 2.4): one kernel per step instead of a Python loop over tensors (ResNet-10's
+    14.4 M parameters on 2 CPU cores: 12.0 vs 73.1 ms per step, benchmarks/optimizer_step.py);
+    the plain one otherwise. Both keep the same state, so checkpoints move between them.
+    """
     groups = param_groups(
         model, lr=cfg.lr, backbone_lr_scale=cfg.backbone_lr_scale, weight_decay=cfg.weight_decay
     )
     if not groups:
         raise ValueError("no trainable parameters (is everything frozen?)")
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device/dtype/torch
+        return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def cosine_with_warmup(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
