@@ -195,6 +195,25 @@ def test_dataset_deterministic(dataset: Path, tmp_path: Path) -> None:
     assert again.read_text() == (dataset.parent / "manifest_nifti.csv").read_text()
 
 
+def test_dataset_workers_write_the_same_files(dataset: Path, tmp_path: Path) -> None:
+    """Two worker processes write byte-identical files (DICOM: identical pixel data and
+    headers; only the files' own write order differs) and the same manifests."""
+    pydicom = pytest.importorskip("pydicom")
+    again = make_phantom_dataset(tmp_path, n=4, seed=5, shape=(20, 64, 64), workers=2)
+    assert _cases(again) == _cases(dataset)
+    ours, theirs = dataset.parent, again.parent
+    files = sorted(p.relative_to(theirs) for p in theirs.rglob("*") if p.is_file())
+    assert len(files) == 4 * 20 + 4 + 4 + 4  # slices, NIfTIs, masks, cases.json + 3 manifests
+    for rel in files:
+        if rel.suffix == ".dcm":
+            a, b = pydicom.dcmread(ours / rel), pydicom.dcmread(theirs / rel)
+            assert a == b and a.PixelData == b.PixelData, rel
+        else:
+            assert (ours / rel).read_bytes() == (theirs / rel).read_bytes(), rel
+    with pytest.raises(ValueError, match="workers"):
+        make_phantom_dataset(tmp_path / "x", n=2, seed=0, workers=0)
+
+
 def test_dicom_roundtrip_pydicom(dataset: Path) -> None:
     pydicom = pytest.importorskip("pydicom")
     case = _regen(_cases(dataset)[1])

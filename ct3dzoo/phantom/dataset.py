@@ -5,9 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
 import os
 import shutil
+import sys
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,10 @@ from .case import FindingKind
 from .writers import require, write_dicom_series, write_mask_nifti, write_nifti
 
 __all__ = ["make_phantom_dataset"]
+
+#: process start method for ``workers > 1``: fork, on Linux only (elsewhere the cases are
+#: written serially)
+_FORK = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
 
 
 def make_phantom_dataset(
@@ -32,6 +39,7 @@ def make_phantom_dataset(
     positive_fraction: float = 0.5,
     finding_kind: FindingKind = "nodule",
     masks: bool = True,
+    workers: int = 1,
     **phantom_kwargs: Any,
 ) -> Path:
     """Write ``n`` phantom cases under ``out_dir``; returns the path of ``manifest.csv``.
@@ -57,11 +65,16 @@ def make_phantom_dataset(
     with ``ct3dzoo.data.read_volume`` it is ``(D, H, W)``, aligned with the volume read from
     either format. ``phantom_kwargs`` go to :func:`~ct3dzoo.phantom.make_chest_phantom`.
 
+    ``workers > 1`` draws and writes the cases in that many processes (forked; Linux only,
+    serial elsewhere); the files are the same as with one.
+
     Every file and DICOM series folder is written atomically (``ct3dzoo._io.atomic``), without
     fsync: the cases are regenerable from ``seed``.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     if not 0.0 <= positive_fraction <= 1.0:
         raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
     formats = tuple(formats)
@@ -82,51 +95,23 @@ def make_phantom_dataset(
     case_seeds = [int(c.generate_state(1, np.uint32)[0]) for c in ss.spawn(n)]
 
     rows: dict[str, list[tuple[str, int, str]]] = {f: [] for f in formats}
+    jobs = [
+        (out, i, int(seed), case_seeds[i], bool(labels[i]), formats, masks, shape, spacing,
+         finding_kind, phantom_kwargs)
+        for i in range(n)
+    ]  # fmt: skip
+    if workers > 1 and n > 1 and _FORK is not None:
+        # fork: the workers draw with numpy and write files only (no torch, no threads of
+        # the parent are used); spawn would re-import the caller's __main__
+        with ProcessPoolExecutor(min(workers, n), mp_context=_FORK) as ex:
+            done = list(ex.map(_write_case, jobs, chunksize=max(1, n // (4 * workers))))
+    else:
+        done = [_write_case(job) for job in jobs]
     cases = []
-    for i in range(n):
-        case = make_chest_phantom(
-            shape=shape,
-            spacing=spacing,
-            seed=case_seeds[i],
-            finding=bool(labels[i]),
-            finding_kind=finding_kind,
-            **phantom_kwargs,
-        )
-        name = f"case_{i:04d}"
-        pid = f"ct3dzoo-phantom-{int(seed)}-{i:04d}"
-        if "dicom" in formats:
-            final = out / "dicom" / name
-            with atomic_path(final, fsync=False) as tmp:
-                write_dicom_series(case, tmp, patient_id=pid, uid_key=(int(seed), i, case.seed))
-                if final.exists():  # a folder is replaced only by renaming onto an empty one
-                    shutil.rmtree(final)
-            rows["dicom"].append((f"dicom/{name}", case.label, pid))
-        if "nifti" in formats:
-            write_nifti(case, out / "nifti" / f"{name}.nii.gz")
-            rows["nifti"].append((f"nifti/{name}.nii.gz", case.label, pid))
-        mask = f"masks/{name}.nii.gz" if masks else None
-        if mask is not None:
-            write_mask_nifti(case, out / mask)
-        f = case.finding
-        cases.append(
-            {
-                "case": name,
-                "group": pid,
-                "seed": case.seed,
-                "label": case.label,
-                "shape": list(case.shape),
-                "spacing": list(case.spacing),
-                "finding": None
-                if f is None
-                else {
-                    "kind": f.kind,
-                    "centre": list(f.centre),
-                    "radius_mm": f.radius_mm,
-                    "hu": f.hu,
-                },
-                "mask": mask,
-            }
-        )
+    for case_rows, record in done:
+        for fmt, row in case_rows.items():
+            rows[fmt].append(row)
+        cases.append(record)
 
     for fmt in formats:
         _write_csv(out / f"manifest_{fmt}.csv", rows[fmt])
@@ -134,6 +119,45 @@ def make_phantom_dataset(
     with atomic_path(out / "cases.json", fsync=False) as tmp:
         tmp.write_text(json.dumps(cases, indent=1))
     return out / "manifest.csv"
+
+
+def _write_case(job: tuple[Any, ...]) -> tuple[dict[str, tuple[str, int, str]], dict[str, Any]]:
+    """Draw case ``i`` and write its files; returns its manifest rows and cases.json record."""
+    out, i, seed, case_seed, label, formats, masks, shape, spacing, finding_kind, kw = job
+    case = make_chest_phantom(
+        shape=shape, spacing=spacing, seed=case_seed, finding=label, finding_kind=finding_kind,
+        **kw,
+    )  # fmt: skip
+    name = f"case_{i:04d}"
+    pid = f"ct3dzoo-phantom-{seed}-{i:04d}"
+    rows = {}
+    if "dicom" in formats:
+        final = out / "dicom" / name
+        with atomic_path(final, fsync=False) as tmp:
+            write_dicom_series(case, tmp, patient_id=pid, uid_key=(seed, i, case.seed))
+            if final.exists():  # a folder is replaced only by renaming onto an empty one
+                shutil.rmtree(final)
+        rows["dicom"] = (f"dicom/{name}", case.label, pid)
+    if "nifti" in formats:
+        write_nifti(case, out / "nifti" / f"{name}.nii.gz")
+        rows["nifti"] = (f"nifti/{name}.nii.gz", case.label, pid)
+    mask = f"masks/{name}.nii.gz" if masks else None
+    if mask is not None:
+        write_mask_nifti(case, out / mask)
+    f = case.finding
+    record = {
+        "case": name,
+        "group": pid,
+        "seed": case.seed,
+        "label": case.label,
+        "shape": list(case.shape),
+        "spacing": list(case.spacing),
+        "finding": None
+        if f is None
+        else {"kind": f.kind, "centre": list(f.centre), "radius_mm": f.radius_mm, "hu": f.hu},
+        "mask": mask,
+    }
+    return rows, record
 
 
 def _write_csv(path: Path, rows: list[tuple[str, int, str]]) -> None:
