@@ -12,7 +12,7 @@ import torch
 
 import ct3dzoo
 from ct3dzoo import cli
-from ct3dzoo.demo import demo
+from ct3dzoo.demo import DEFAULT_ARCH_KWARGS, DEFAULTS, demo
 
 TINY: dict[str, Any] = {
     "arch": "x3d_xs",  # the smallest checkpoints; the default demo's settings are tested (slow) below
@@ -63,7 +63,6 @@ def test_demo_result_and_files(tiny_run: tuple[dict[str, Any], str]) -> None:
     # everything under the one folder, named at the start and the end, with its size
     assert {p.name for p in out.iterdir()} == {
         "data",
-        "cache",
         "run",
         "montage.png",
         "saliency.png",
@@ -149,26 +148,47 @@ def test_demo_rejects_too_few_cases(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_default_demo_learns(tmp_path: Path) -> None:
-    """The default demo (random init, offline) finds the nodule on held-out cases: measured
-    AUROC 0.820 (seed 0, ~6 min on 2 cores; issue #14 asks >= 0.9, not met yet)."""
+    """The default demo (random init, offline) finds the nodule on held-out cases, within
+    issue #14's size budget (measured figures: docs/benchmarks.md, `benchmarks/demo.py`)."""
     s = demo(out_dir=tmp_path, pretrain=None, progress=False, verbose=False)
-    assert s["val_auroc"] >= 0.8, s["history"]
+    assert s["val_auroc"] >= 0.9, s["history"]
+    assert s["bytes"] <= 100e6
 
 
-def test_default_arch_tries_its_own_weights_then_falls_back(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_demo_output_is_small_by_default(tiny_run: tuple[dict[str, Any], str]) -> None:
+    """No disk cache, no resumable checkpoints unless asked: data, run/final, log, pictures."""
+    s, _ = tiny_run
+    out = Path(s["out_dir"])
+    assert not (out / "cache").exists()
+    assert sorted(p.name for p in (out / "run").iterdir()) == ["final", "log.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("arch", "alias"), [(DEFAULTS["arch"], "medicalnet"), ("resnet18_2d", "imagenet")]
+)
+def test_arch_without_kinetics_tries_its_own_weights_then_falls_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, arch: str, alias: str
 ) -> None:
-    """An arch without Kinetics weights (the default 2D ResNet) tries its ImageNet weights."""
+    """An arch without Kinetics weights (the default MedicalNet ResNet-10, the 2D ResNet)
+    tries its own pretrained weights, then says plainly that it starts from random ones."""
     from ct3dzoo.demo import _load_model
 
     monkeypatch.setenv("CT3DZOO_OFFLINE", "1")
     monkeypatch.setenv("CT3DZOO_HOME", str(tmp_path / "home"))
     said: list[str] = []
-    model, weights = _load_model("resnet18_2d", "kinetics", said.append, False, 0)
+    model, weights = _load_model(arch, "kinetics", said.append, False, 0)
     assert weights is None and model.num_classes == 1
     text = "\n".join(said)
-    assert "no Kinetics weights" in text and "'imagenet'" in text
+    assert "no Kinetics weights" in text and f"'{alias}'" in text
     assert "FALLING BACK TO RANDOM INITIALISATION" in text
+
+
+def test_default_arch_kwargs_apply_to_the_default_arch_only(tmp_path: Path) -> None:
+    tiny = {**TINY, "n_cases": 4, "n_val": 2, "epochs": 1, "verbose": False, "pretrain": None}
+    s = demo(out_dir=tmp_path / "a", **{**tiny, "arch": DEFAULTS["arch"]})
+    assert s["arch_kwargs"] == DEFAULT_ARCH_KWARGS == {"dilated": False}
+    s = demo(out_dir=tmp_path / "b", **tiny)  # x3d_xs: no such option
+    assert s["arch_kwargs"] == {}
 
 
 def test_default_arch_alias_lookup_in_a_fresh_process(tmp_path: Path) -> None:
