@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._dicom_raw import RawHeader
+from ._dicom_raw import EXPLICIT_LE, IMPLICIT_LE, RawHeader, native_layout, read_stored
 
 __all__ = [
     "AIR_HU",
@@ -68,39 +68,22 @@ def _padding_range(ds: Any) -> tuple[float, float] | None:
     return min(v, lim), max(v, lim)
 
 
-#: Uncompressed little-endian transfer syntaxes: their pixels are read straight from the file.
-_NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
-
-
 def _read_native(ds: Any, f: Path) -> np.ndarray | None:
-    """Stored values of a single-frame uncompressed little-endian slice, read with one
-    ``readinto`` at the offset pydicom found (the GIL is released while it reads); None
-    when pydicom's own decoder must do it (other syntaxes, multi-frame, odd bit depths,
-    signed data narrower than its container, which needs sign extension)."""
+    """Stored values of a single-frame uncompressed little-endian slice parsed by pydicom,
+    read with one ``readinto`` at the offset pydicom found; None when pydicom's own decoder
+    must do it (other syntaxes, and the layouts `_dicom_raw.native_layout` refuses)."""
     ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-    ba = int(ds.get("BitsAllocated", 0))
-    pr = int(ds.get("PixelRepresentation", 0))
-    if (
-        ts not in _NATIVE_LE
-        or int(ds.get("NumberOfFrames", 1) or 1) != 1
-        or int(ds.get("SamplesPerPixel", 1)) != 1
-        or ba not in (8, 16, 32)
-        or (pr == 1 and int(ds.get("BitsStored", ba)) != ba)
-    ):
+    layout = native_layout(ds.get) if ts in (EXPLICIT_LE, IMPLICIT_LE) else None
+    if layout is None:
         return None
     elem = ds.get_item(0x7FE00010, keep_deferred=True)
-    out = np.empty((int(ds.Rows), int(ds.Columns)), dtype=f"<{'ui'[pr]}{ba // 8}")
     value, tell = getattr(elem, "value", None), getattr(elem, "value_tell", None)
-    if value is not None:
-        data = memoryview(value).cast("B")
-        got = min(len(data), out.nbytes)
-        memoryview(out).cast("B")[:got] = data[:got]
-    elif tell is not None:
-        with open(f, "rb") as fh:
-            fh.seek(tell)
-            got = fh.readinto(memoryview(out).cast("B"))
-    else:
-        return None
+    if value is None:
+        return None if tell is None else read_stored(f, tell, *layout)
+    out = np.empty(*layout)
+    data = memoryview(value).cast("B")
+    got = min(len(data), out.nbytes)
+    memoryview(out).cast("B")[:got] = data[:got]
     if got < out.nbytes:
         raise ValueError(
             f"truncated: {got} of the {out.nbytes} bytes of pixel data are in the file"

@@ -25,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TAGS", "RawHeader", "read_raw_header"]
+__all__ = [
+    "EXPLICIT_LE",
+    "IMPLICIT_LE",
+    "TAGS",
+    "RawHeader",
+    "native_layout",
+    "read_raw_header",
+    "read_stored",
+]
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -97,18 +105,44 @@ class RawHeader:
 
     def read_pixels(self, f: Path) -> np.ndarray:
         """The stored values ``(Rows, Columns)``, read with one ``readinto`` (GIL released)."""
-        ba, pr = int(self.values["BitsAllocated"]), int(self.values.get("PixelRepresentation", 0))
-        out = np.empty(
-            (int(self.values["Rows"]), int(self.values["Columns"])), f"<{'ui'[pr]}{ba // 8}"
+        layout = native_layout(self.get)
+        assert layout is not None  # checked when the header was parsed
+        return read_stored(f, self.pixel_offset, *layout)
+
+
+def native_layout(get: Any) -> tuple[tuple[int, int], str] | None:
+    """``((rows, cols), dtype)`` of a single-frame greyscale image whose stored values are read
+    as they lie on disk (8/16/32-bit, signed only when it fills its container: narrower signed
+    data needs sign extension), else None. ``get(keyword, default)``: a pydicom ``Dataset``'s
+    or a `RawHeader`'s ``get``."""
+    rows, cols = get("Rows", None), get("Columns", None)
+    ba = int(get("BitsAllocated", 0) or 0)
+    pr = int(get("PixelRepresentation", 0) or 0)
+    if (
+        rows is None
+        or cols is None
+        or int(get("NumberOfFrames", 1) or 1) != 1
+        or int(get("SamplesPerPixel", 1) or 1) != 1
+        or ba not in (8, 16, 32)
+        or pr not in (0, 1)
+        or (pr == 1 and int(get("BitsStored", ba) or ba) != ba)
+    ):
+        return None
+    return (int(rows), int(cols)), f"<{'ui'[pr]}{ba // 8}"
+
+
+def read_stored(f: Path, offset: int, shape: tuple[int, int], dtype: str) -> np.ndarray:
+    """``shape`` stored values of ``dtype`` at byte ``offset`` of ``f``, one ``readinto``
+    (the GIL is released while it reads); a short file raises ``ValueError`` ("truncated")."""
+    out = np.empty(shape, dtype)
+    with open(f, "rb") as fh:
+        fh.seek(offset)
+        got = fh.readinto(memoryview(out).cast("B"))
+    if got < out.nbytes:
+        raise ValueError(
+            f"truncated: {got} of the {out.nbytes} bytes of pixel data are in the file"
         )
-        with open(f, "rb") as fh:
-            fh.seek(self.pixel_offset)
-            got = fh.readinto(memoryview(out).cast("B"))
-        if got < out.nbytes:
-            raise ValueError(
-                f"truncated: {got} of the {out.nbytes} bytes of pixel data are in the file"
-            )
-        return out
+    return out
 
 
 @functools.cache
@@ -284,21 +318,6 @@ def _parse(fh: Any) -> RawHeader | None:
                 values[kw] = _decode(raw, vr, charset)
         pos = at + length
     values["PixelData"] = None  # present; its bytes stay on disk
-    if not _native_ok(values):
+    if native_layout(lambda k, d=None: d if values.get(k) is None else values[k]) is None:
         return None
     return RawHeader(values, ts, at, length)
-
-
-def _native_ok(v: dict[str, Any]) -> bool:
-    """A single-frame greyscale image whose stored values are read as they lie on disk."""
-    ba = v.get("BitsAllocated")
-    pr = v.get("PixelRepresentation") or 0
-    return (
-        v.get("Rows") is not None
-        and v.get("Columns") is not None
-        and (v.get("NumberOfFrames") or 1) == 1
-        and (v.get("SamplesPerPixel") or 1) == 1
-        and ba in (8, 16, 32)
-        and pr in (0, 1)
-        and not (pr == 1 and (v.get("BitsStored") or ba) != ba)
-    )
