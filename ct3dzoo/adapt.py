@@ -14,6 +14,7 @@ carries it exactly, computed separably from the input shape (cheap) and cached p
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -163,29 +164,39 @@ class FoldedStemConv(nn.Module):
         valid = tuple(in_shape) if valid_shape is None else tuple(valid_shape)
         off = self.offset
         dtype = dtype or off.dtype
-        device = device or off.device
-        ind = [
-            _indicator(n, v, k, s, p, d, device, off.dtype)
-            for n, v, k, s, p, d in zip(
-                in_shape, valid, self.kernel_size, self.stride, self.padding, self.dilation
-            )
-        ]
-        o = off.to(device)[:, 0]  # (C, *k)
-        for axis in range(len(ind) - 1, -1, -1):  # contract one kernel axis at a time
-            o = torch.tensordot(o, ind[axis], dims=([1 + axis], [1])).movedim(-1, 1 + axis)
-        if self.bias is not None:
-            o = o + self.bias.to(device).view(-1, *([1] * len(ind)))
+        device = torch.device(device or off.device)
+        # in the parameters' dtype, outside any autocast region (whose matmul casts would
+        # mix bf16/fp16 with float32 operands), then cast once to the activation dtype
+        no_autocast = (
+            torch.autocast(device.type, enabled=False)
+            if torch.amp.is_autocast_available(device.type)  # not "meta" (model table)
+            else contextlib.nullcontext()
+        )
+        with no_autocast:
+            ind = [
+                _indicator(n, v, k, s, p, d, device, off.dtype)
+                for n, v, k, s, p, d in zip(
+                    in_shape, valid, self.kernel_size, self.stride, self.padding, self.dilation
+                )
+            ]
+            o = off.to(device)[:, 0]  # (C, *k)
+            for axis in range(len(ind) - 1, -1, -1):  # contract one kernel axis at a time
+                o = torch.tensordot(o, ind[axis], dims=([1 + axis], [1])).movedim(-1, 1 + axis)
+            if self.bias is not None:
+                o = o + self.bias.to(device).view(-1, *([1] * len(ind)))
         return o.unsqueeze(0).to(dtype)
 
-    def _cached_bias_map(self, x: torch.Tensor, valid_shape) -> torch.Tensor:
+    def _cached_bias_map(self, x: torch.Tensor, valid_shape, dtype: torch.dtype) -> torch.Tensor:
+        """The bias map for input ``x`` in ``dtype`` (the convolution output's: under
+        autocast that is bf16/fp16 while ``x`` is float32)."""
         if torch.is_grad_enabled() and (
             self.offset.requires_grad or (self.bias is not None and self.bias.requires_grad)
         ):
-            return self.bias_map(x.shape[2:], valid_shape, dtype=x.dtype, device=x.device)
+            return self.bias_map(x.shape[2:], valid_shape, dtype=dtype, device=x.device)
         key = (
             tuple(x.shape[2:]),
             None if valid_shape is None else tuple(valid_shape),
-            x.dtype,
+            dtype,
             x.device,
             self.offset._version,
             self.offset.data_ptr(),
@@ -196,7 +207,7 @@ class FoldedStemConv(nn.Module):
             if len(self._cache) > 16:
                 self._cache.clear()
             with torch.no_grad():
-                hit = self.bias_map(x.shape[2:], valid_shape, dtype=x.dtype, device=x.device)
+                hit = self.bias_map(x.shape[2:], valid_shape, dtype=dtype, device=x.device)
             self._cache[key] = hit
         return hit
 
@@ -208,9 +219,9 @@ class FoldedStemConv(nn.Module):
             const = self.offset.flatten(1).sum(1)
             if self.bias is not None:
                 const = const + self.bias
-            return self._conv(x, self.weight, const.to(x.dtype), self.stride, 0, self.dilation)
+            return self._conv(x, self.weight, const, self.stride, 0, self.dilation)
         y = self._conv(x, self.weight, None, self.stride, self.padding, self.dilation)
-        bias_map = self._cached_bias_map(x, valid_shape)
+        bias_map = self._cached_bias_map(x, valid_shape, y.dtype)
         # one contiguous pass; adding only the border slabs was measured slower (strided)
         if y.requires_grad or bias_map.requires_grad:
             return y + bias_map

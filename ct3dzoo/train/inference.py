@@ -22,6 +22,14 @@ def _autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype |
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "fp16":
+        if device.type == "cpu":
+            warnings.warn(
+                "precision='fp16' on CPU runs, but torch has no fast fp16 Conv3d there: an "
+                "r3d_18 step took 293-345 s against 2.5 s in bf16 (2 cores, torch 2.14). Use "
+                "precision='bf16' on CPU",
+                UserWarning,
+                stacklevel=3,
+            )
         return torch.float16
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         if precision == "bf16":
