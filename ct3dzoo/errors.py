@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "CT3DZooError",
     "CheckpointMismatchError",
+    "CorruptCheckpointError",
     "CorruptVolumeError",
     "DicomSeriesError",
     "GantryTiltWarning",
@@ -17,8 +18,12 @@ __all__ = [
     "MissingFilesError",
     "NonUniformSpacingWarning",
     "NotACheckpointError",
+    "OutputClobbersInputError",
+    "PreprocessingError",
+    "SaliencyWarning",
     "SingleClassValidationWarning",
     "SkippedFileWarning",
+    "SkippedSeriesWarning",
     "UnsafeCheckpointError",
     "UnverifiedWeightsWarning",
     "WeightsUnavailableError",
@@ -73,9 +78,19 @@ class GantryTiltWarning(UserWarning):
     """A gantry-tilted DICOM series was resampled onto a regular grid along the slice normal."""
 
 
+class SaliencyWarning(UserWarning):
+    """A saliency map is constant (e.g. no voxel has positive evidence for the target), so it
+    shows nothing; the message names the volumes."""
+
+
 class SkippedFileWarning(UserWarning):
     """A file of a series could not be read (truncated or corrupt) and was left out; the
     message names it."""
+
+
+class SkippedSeriesWarning(UserWarning):
+    """A study folder held DICOM objects besides the CT series read (localizers, secondary
+    captures, reports, single slices, other series); the message names them."""
 
 
 class MissingFilesError(CT3DZooError, FileNotFoundError):
@@ -89,3 +104,23 @@ class MissingFilesError(CT3DZooError, FileNotFoundError):
 class CorruptVolumeError(CT3DZooError, ValueError):
     """A volume file (NIfTI, ``.npy``/``.npz``) is truncated or not what its name says; the
     message names the file."""
+
+
+class PreprocessingError(CT3DZooError, ValueError):
+    """A preprocessing pipeline that cannot be used as asked: incomplete (a user callable
+    that a saved model cannot rebuild), unreadable, or inconsistent with the model."""
+
+
+class CorruptCheckpointError(NotACheckpointError):
+    """A weights file (``model.safetensors``, ``.pth``) is truncated or corrupt; the message
+    names the file and says how to get a good copy (re-save or re-download)."""
+
+
+class OutputClobbersInputError(CT3DZooError, ValueError):
+    """An output path is (or would overwrite) one of the command's inputs; refused before
+    anything is written. ``.option`` is the output option, ``.path`` the file at risk."""
+
+    def __init__(self, message: str, *, option: str, path: str) -> None:
+        super().__init__(message)
+        self.option = option
+        self.path = path

@@ -17,11 +17,17 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import NotACheckpointError, UnsafeCheckpointError
+from ..errors import CorruptCheckpointError, NotACheckpointError, UnsafeCheckpointError
 from .atomic import atomic_path
 from .hashing import sha256_file
 
-__all__ = ["read_checkpoint", "save_safetensors", "sha256_file", "unwrap_state_dict"]
+__all__ = [
+    "read_checkpoint",
+    "read_safetensors",
+    "save_safetensors",
+    "sha256_file",
+    "unwrap_state_dict",
+]
 
 #: containers upstream checkpoints put their state dict in
 _WRAPPER_KEYS = ("model_state", "state_dict", "model", "module")
@@ -33,6 +39,9 @@ _NOT_CHECKPOINTS = (
     (b"\x89PNG", "a PNG image"),
     (b"\xff\xd8\xff", "a JPEG image"),
 )
+
+
+_TRUNCATED_ZIP = "a zip archive cut short"
 
 
 def _is_tensor_dict(d: Mapping) -> bool:
@@ -67,6 +76,8 @@ def _what_is(path: Path) -> str | None:
         head = f.read(348)
     if zipfile.is_zipfile(path) or head[:1] == b"\x80":  # torch zip or legacy pickle
         return None
+    if head.startswith(b"PK\x03\x04"):
+        return _TRUNCATED_ZIP
     for magic, what in _NOT_CHECKPOINTS:
         if head.startswith(magic):
             return what
@@ -89,11 +100,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own SafetensorError
-            raise NotACheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+        return read_safetensors(path)
     what = _what_is(path)
+    if what == _TRUNCATED_ZIP:
+        raise CorruptCheckpointError(
+            f"{path} is a truncated or corrupt torch checkpoint (a zip archive without its "
+            "end): the download or copy was cut short. Delete it and download or copy it again."
+        )
     if what is not None:
         raise NotACheckpointError(
             f"{path} is not a checkpoint: it looks like {what}. Pass a weights file "
@@ -101,6 +114,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError) as e:  # a pickle cut short, a zip member missing
+        raise CorruptCheckpointError(
+            f"{path} is a truncated or corrupt torch checkpoint; delete it and download or "
+            f"copy it again. (torch said: {str(e).splitlines()[0]})"
+        ) from None
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
             f"{path} contains pickled objects other than tensors and plain containers; ct3dzoo "
@@ -109,6 +127,28 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"(torch said: {str(e).splitlines()[0]})"
         ) from None
     return unwrap_state_dict(obj, source=str(path))
+
+
+def read_safetensors(path: str | os.PathLike, *, fix: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file into a CPU state dict.
+
+    A truncated or corrupt file raises :class:`CorruptCheckpointError` naming it; ``fix``
+    says how to get a good copy (default: re-save it or download it again).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a .safetensors weights file")
+    with open(path, "rb"):  # FileNotFoundError / PermissionError name the file
+        pass
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own SafetensorError (not importable typed)
+        size = path.stat().st_size if path.exists() else 0
+        raise CorruptCheckpointError(
+            f"{path} is not a readable safetensors file ({size:,} bytes; safetensors said: "
+            f"{e}). It is truncated or corrupt. "
+            f"{fix or 'Re-save it (save_pretrained / save_safetensors) or download it again'}."
+        ) from None
 
 
 def save_safetensors(

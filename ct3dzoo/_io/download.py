@@ -1,5 +1,12 @@
 """Network transport: a verified-length streaming download, and Hub files through
-``huggingface_hub`` (its cache, ``HF_ENDPOINT``, offline mode)."""
+``huggingface_hub`` (its cache, ``HF_ENDPOINT``, offline mode).
+
+Offline is detected fast: before any request the host name is resolved once (at most
+``CT3DZOO_RESOLVE_TIMEOUT`` s); a name that does not resolve is a
+:class:`~ct3dzoo.errors.WeightsUnavailableError` at once, never retried (huggingface_hub
+would otherwise back off for ~23 s on the same error). Through a proxy nothing is resolved
+here (the proxy resolves).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,18 @@ import contextlib
 import hashlib
 import http.client
 import os
+import socket
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.utils import (
+    LocalEntryNotFoundError,
     are_progress_bars_disabled,
     disable_progress_bars,
     enable_progress_bars,
@@ -22,17 +34,57 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..errors import WeightsUnavailableError
-from .settings import download_timeout, is_offline
+from .settings import download_timeout, is_offline, resolve_timeout
 
-__all__ = ["download", "hf_file", "hf_progress"]
+__all__ = ["check_resolves", "download", "hf_file", "hf_progress"]
 
 _CHUNK = 1 << 20
+_OFFLINE_HINT = (
+    "this machine looks offline (nothing was retried). Set CT3DZOO_OFFLINE=1 to use only "
+    "the caches without trying the network"
+)
+
+
+def check_resolves(url: str) -> None:
+    """Raise :class:`WeightsUnavailableError` when ``url``'s host name does not resolve
+    within ``CT3DZOO_RESOLVE_TIMEOUT`` s (no retries). Skipped when a proxy serves ``url``."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+    if not host or (
+        parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
+    ):
+        return
+    timeout = resolve_timeout()
+    outcome: list[BaseException | None] = []
+
+    def resolve() -> None:
+        try:
+            socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+            outcome.append(None)
+        except OSError as e:  # socket.gaierror, or a resolver that is not there
+            outcome.append(e)
+
+    # getaddrinfo takes no timeout: a daemon thread bounds the wait without blocking exit
+    worker = threading.Thread(target=resolve, name="ct3dzoo-resolve", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        reason = f"no answer from the name resolver in {timeout:g} s (CT3DZOO_RESOLVE_TIMEOUT)"
+    elif outcome[0] is not None:
+        reason = str(outcome[0])
+    else:
+        return
+    raise WeightsUnavailableError(f"cannot resolve the host {host!r} ({reason}): {_OFFLINE_HINT}")
 
 
 def download(url: str, dest: Path, *, progress: bool) -> tuple[str, int]:
     """Stream ``url`` to ``dest``; return (sha256, size). Short bodies raise."""
     req = urllib.request.Request(url, headers={"User-Agent": f"ct3dzoo/{__version__}"})
     timeout = download_timeout()
+    try:
+        check_resolves(url)
+    except WeightsUnavailableError as e:
+        raise WeightsUnavailableError(f"could not download {url}: {e}") from None
     h = hashlib.sha256()
     size = 0
     total: int | None = None
@@ -87,14 +139,36 @@ def hf_progress(enabled: bool) -> Iterator[None]:
 
 
 def hf_file(repo_id: str, filename: str, *, revision: str | None, progress: bool) -> Path:
-    """One file of a Hub repo through huggingface_hub (``HF_ENDPOINT``; offline: its cache)."""
-    with hf_progress(progress):
-        return Path(
-            hf_hub_download(
-                repo_id,
-                filename,
-                revision=revision,
-                endpoint=os.environ.get("HF_ENDPOINT") or None,
-                local_files_only=is_offline(),
-            )
-        )
+    """One file of a Hub repo through huggingface_hub (``HF_ENDPOINT``; offline: its cache).
+
+    Offline mode, or an endpoint whose host does not resolve, reads the HF cache only
+    (no request at all, not even huggingface_hub's own best-effort ones); a file that is not
+    there is a ``LocalEntryNotFoundError`` at once, naming the cause.
+    """
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    unresolved: WeightsUnavailableError | None = None
+    if not is_offline():
+        try:
+            check_resolves(endpoint or hf_constants.ENDPOINT)
+        except WeightsUnavailableError as e:
+            unresolved = e
+        else:
+            with hf_progress(progress):
+                return Path(
+                    hf_hub_download(repo_id, filename, revision=revision, endpoint=endpoint)
+                )
+    cached = try_to_load_from_cache(repo_id, filename, revision=revision)
+    if isinstance(cached, str):
+        return Path(cached)
+    # huggingface_hub's own type for "not in the cache and no network" (callers that treat
+    # an optional file's absence as None catch it), with the cause spelt out
+    at = f"@{revision}" if revision else ""
+    why = (
+        str(unresolved)
+        if unresolved is not None
+        else "offline mode is on (CT3DZOO_OFFLINE / HF_HUB_OFFLINE), so it was not downloaded"
+    )
+    raise LocalEntryNotFoundError(
+        f"{repo_id}{at}/{filename} is not in the Hugging Face cache "
+        f"({hf_constants.HF_HUB_CACHE}) and {why}"
+    )

@@ -6,7 +6,14 @@ import os
 import urllib.parse
 from pathlib import Path
 
-__all__ = ["ct3dzoo_home", "download_timeout", "is_offline", "lock_timeout", "mirror_url"]
+__all__ = [
+    "ct3dzoo_home",
+    "download_timeout",
+    "is_offline",
+    "lock_timeout",
+    "mirror_url",
+    "resolve_timeout",
+]
 
 _TRUE = frozenset({"1", "true", "yes", "on", "y"})
 
@@ -39,6 +46,12 @@ def _seconds(name: str, default: str) -> float:
 def download_timeout() -> float:
     """Seconds a download may wait for the server: ``$CT3DZOO_TIMEOUT`` (default 10)."""
     return _seconds("CT3DZOO_TIMEOUT", "10")
+
+
+def resolve_timeout() -> float:
+    """Seconds to wait for a host name to resolve before calling the machine offline:
+    ``$CT3DZOO_RESOLVE_TIMEOUT`` (default 3)."""
+    return _seconds("CT3DZOO_RESOLVE_TIMEOUT", "3")
 
 
 def lock_timeout() -> float:
