@@ -211,7 +211,13 @@ def test_missing_slice_warns_then_strict_raises(tmp_path: Path) -> None:
     with pytest.warns(NonUniformSpacingWarning, match=r"1 missing slice") as rec:
         vol = read_volume(tmp_path)
     assert "[2.0, 4.0]" in str(rec[0].message)
-    assert vol.shape[0] == 4 and vol.spacing[0] == pytest.approx(2.0)
+    # regularised: the missing plane is interpolated (raw slices 1 and 2) and masked
+    raw = raw_volume(4)
+    assert vol.shape[0] == 5 and vol.spacing[0] == pytest.approx(2.0)
+    np.testing.assert_array_equal(vol.hu[2], (raw[1] + raw[2]) / 2 - 1024.0)
+    np.testing.assert_array_equal(vol.meta["padding_mask"].any(axis=(1, 2)), [0, 0, 1, 0, 0])
+    with pytest.warns(NonUniformSpacingWarning, match="gaps='stack'"):
+        assert read_volume(tmp_path, gaps="stack").shape[0] == 4
     with pytest.raises(DicomSeriesError, match="strict=True"):
         read_volume(tmp_path, strict=True)
 

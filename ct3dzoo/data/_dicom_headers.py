@@ -27,6 +27,7 @@ __all__ = [
     "pick_series",
     "pydicom_module",
     "scan",
+    "sop_class",
 ]
 
 _SECONDARY_CAPTURE = (
@@ -148,8 +149,12 @@ def _tag_ints() -> list[int]:
     return [int(pydicom_module().tag.Tag(t)) for t in TAGS]
 
 
+_DICOMDIR = "1.2.840.10008.1.3.10"
+
+
 def _read_header(f: Path, pydicom: Any) -> tuple[Any, str | None]:
-    """``(dataset, None)`` for an image, ``(None, None)`` for a non-image or non-DICOM file,
+    """``(dataset, None)`` for an image or another DICOM object (report, presentation
+    state...: no ``PixelData``), ``(None, None)`` for a non-DICOM file or a DICOMDIR,
     ``(None, reason)`` for a DICOM file whose header cannot be read (e.g. truncated).
 
     Most files take the fast path (`_dicom_raw.read_raw_header`: the needed elements straight
@@ -165,21 +170,28 @@ def _read_header(f: Path, pydicom: Any) -> tuple[Any, str | None]:
     except (OSError, EOFError, ValueError, struct.error) as e:
         return None, f"{type(e).__name__}: {e}"
     if "Rows" not in ds or "PixelData" not in ds:
-        meta = getattr(ds, "file_meta", None)
-        sop = str(
-            ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "")
-        )
+        sop = sop_class(ds)
         if sop in _CT_IMAGE:
             return None, "a CT image without Rows/PixelData: the file is truncated or damaged"
-        return None, None  # DICOMDIR, structured reports, presentation states...
+        if sop == _DICOMDIR or not sop:
+            return None, None
     return ds, None
+
+
+def sop_class(ds: Any) -> str:
+    """``SOPClassUID``, else the file meta's ``MediaStorageSOPClassUID``, else ``""``."""
+    meta = getattr(ds, "file_meta", None)
+    return str(
+        ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "")
+    )
 
 
 def scan(
     files: Sequence[Path], pydicom: Any
 ) -> tuple[dict[str, list[tuple[Path, Any]]], int, dict[Path, str]]:
-    """Group the image files by ``SeriesInstanceUID``; count the skipped ones and return
-    the DICOM files whose header could not be read, with the reason.
+    """Group the DICOM objects (images and others) by ``SeriesInstanceUID``; count the
+    skipped files (non-DICOM, DICOMDIR) and return the DICOM files whose header could not
+    be read, with the reason.
 
     Serial on purpose: header parsing is pure Python (holds the GIL), and threads measured
     slower here than one loop; the pixel reads are the part that runs in parallel.
@@ -246,21 +258,123 @@ def frames_of(f: Path, ds: Any) -> list[Frame]:
     return out
 
 
-def pick_series(series: dict[str, list[tuple[Path, Any]]], series_uid: str | None) -> str:
-    if series_uid is None:
-        if len(series) > 1:
-            lines = [
-                f"  {uid or '(no SeriesInstanceUID)'}: {len(items)} file(s), "
-                f"{items[0][1].get('Modality', '?')}, "
-                f"{items[0][1].get('SeriesDescription', '')!s}"
-                for uid, items in series.items()
-            ]
-            raise DicomSeriesError(
-                f"{len(series)} series found; pass series_uid= to choose one:\n" + "\n".join(lines)
-            )
-        return next(iter(series))
-    if series_uid not in series:
-        raise DicomSeriesError(
-            f"series_uid {series_uid!r} not found; available: {', '.join(sorted(series))}"
+def _as_list(v: Any) -> list[str]:
+    """A possibly multi-valued element as strings (``None`` -> ``[]``)."""
+    if v is None:
+        return []
+    return [str(v)] if isinstance(v, str) else [str(x) for x in v]
+
+
+def _num_frames(items: list[tuple[Path, Any]]) -> int:
+    return sum(int(ds.get("NumberOfFrames", 1) or 1) for _, ds in items)
+
+
+def _sop_name(sop: str) -> str:
+    return str(pydicom_module().uid.UID(sop).name)
+
+
+def _not_volume(ds: Any) -> str | None:
+    """Why this object is not a slice of a CT volume, or None when it may be one."""
+    sop = sop_class(ds)
+    modality = str(ds.get("Modality", "") or "")
+    if "Rows" not in ds or "PixelData" not in ds:
+        name = _sop_name(sop) if sop else "unknown SOP class"
+        return f"not an image ({name}, Modality {modality or '(missing)'})"
+    if sop in _SECONDARY_CAPTURE:
+        return (
+            f"Secondary Capture image ({_sop_name(sop)}): a screenshot without HU calibration "
+            "or patient geometry"
         )
-    return series_uid
+    if "LOCALIZER" in (t.upper() for t in _as_list(ds.get("ImageType"))):
+        return "localizer/scout (ImageType LOCALIZER)"
+    if modality.upper() != "CT":
+        return f"Modality {modality or '(missing)'!r}, not CT (ct3dzoo reads CT only)"
+    return None
+
+
+def _summary(uid: str, items: list[tuple[Path, Any]]) -> tuple[int, float | None, str]:
+    """``(slices, SliceThickness mm or None, one listing line)`` of a candidate series."""
+    ds = items[0][1]
+    thk = _opt(_fg(ds, None, "PixelMeasuresSequence", "SliceThickness"))
+    kernel = "\\".join(_as_list(ds.get("ConvolutionKernel"))) or "?"
+    n = _num_frames(items)
+    line = (
+        f"  {uid or '(no SeriesInstanceUID)'}: {n} slice(s), thickness "
+        f"{'?' if thk is None else f'{thk:g} mm'}, kernel {kernel}, "
+        f"{str(ds.get('SeriesDescription', '') or '(no description)')!r}"
+    )
+    return n, thk, line
+
+
+def pick_series(
+    series: dict[str, list[tuple[Path, Any]]], series_uid: str | None, policy: str
+) -> tuple[str, list[tuple[Path, Any]], list[str]]:
+    """Choose the series to read among the DICOM objects `scan` grouped.
+
+    Objects that are not slices of a CT volume (`_not_volume`: reports, secondary captures,
+    localizers, other modalities) are set aside; single-slice series too when a multi-slice
+    one remains. One candidate left: it. Several: ``policy`` ``"largest"`` (most slices,
+    then thinnest), ``"thinnest"`` (smallest ``SliceThickness``, then most slices), or
+    ``"error"`` (raise, listing each). ``series_uid`` overrides all of this.
+
+    Returns ``(uid, its files, notes)``: one line per object set aside (empty when
+    ``series_uid`` is given).
+    """
+    if series_uid is not None:
+        if series_uid not in series:
+            raise DicomSeriesError(
+                f"series_uid {series_uid!r} not found; available: {', '.join(sorted(series))}"
+            )
+        items = series[series_uid]
+        kept = [(f, ds) for f, ds in items if _not_volume(ds) is None]
+        return series_uid, kept or items, []
+    aside: dict[tuple[str, str], int] = {}
+    candidates: dict[str, list[tuple[Path, Any]]] = {}
+    for uid, items in series.items():
+        for f, ds in items:
+            why = _not_volume(ds)
+            if why is None:
+                candidates.setdefault(uid, []).append((f, ds))
+            else:
+                desc = str(ds.get("SeriesDescription", "") or "")
+                key = (uid, why + (f", {desc!r}" if desc else ""))
+                aside[key] = aside.get(key, 0) + 1
+    pool = {u: it for u, it in candidates.items() if _num_frames(it) > 1} or candidates
+    for uid, items in candidates.items():
+        if uid not in pool:
+            desc = str(items[0][1].get("SeriesDescription", "") or "")
+            aside[(uid, "a single slice, not a volume" + (f", {desc!r}" if desc else ""))] = 1
+    notes = [
+        f"  {uid or '(no SeriesInstanceUID)'}: {n} file(s), {why}"
+        for (uid, why), n in aside.items()
+    ]
+    if not pool:
+        raise DicomSeriesError(
+            f"No CT volume among the {sum(map(len, series.values()))} DICOM object(s) found:\n"
+            + "\n".join(notes)
+            + "\nPoint the reader at the folder or files of the original CT series."
+        )
+    if len(pool) == 1:
+        uid = next(iter(pool))
+        return uid, pool[uid], notes
+    info = {u: _summary(u, it) for u, it in pool.items()}
+    listing = "\n".join(line for _, _, line in info.values())
+    if policy == "error":
+        raise DicomSeriesError(
+            f"{len(pool)} series found that are CT volumes; choose one with "
+            "series='largest' (most slices), series='thinnest' (smallest SliceThickness) or "
+            f"series_uid=:\n{listing}"
+        )
+    inf = float("inf")
+    if policy == "largest":
+        key = {u: (-n, inf if t is None else t) for u, (n, t, _) in info.items()}
+    else:
+        key = {u: (inf if t is None else t, -n) for u, (n, t, _) in info.items()}
+    ranked = sorted(key, key=key.__getitem__)
+    if key[ranked[0]] == key[ranked[1]]:
+        raise DicomSeriesError(
+            f"series={policy!r} cannot choose: {ranked[0]} and {ranked[1]} tie (same slice "
+            f"count and thickness). Pass series_uid= to choose one of:\n{listing}"
+        )
+    notes += [f"{info[u][2]} (not chosen: series={policy!r})" for u in ranked[1:]]
+    return ranked[0], pool[ranked[0]], notes

@@ -25,6 +25,7 @@ __all__ = [
     "default_workers",
     "fill_padding",
     "in_plane_offsets",
+    "regularise",
 ]
 
 #: HU written where a voxel holds no measured data (pixel padding, outside a tilted slab).
@@ -226,3 +227,40 @@ def correct_tilt(
         mk = _shift_axis(_shift_axis(m, sr, 0, 1.0), sc, 1, 1.0)
         mask[k] = mk > 0
     return out, mask
+
+
+def regularise(
+    hu: np.ndarray, pad: np.ndarray | None, pos: np.ndarray, step: float, far: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resample slices at ascending positions ``pos`` (mm along the normal) onto the planes
+    ``pos[0] + j * step``, the last one within ``step / 2`` of ``pos[-1]`` (a plane past it
+    copies the last slice), linearly between the two nearest slices.
+
+    Returns ``(hu, mask, nearest)``: the ``(n, H, W)`` float32 volume; a bool mask of voxels
+    on planes farther than ``far`` mm from every acquired slice, or that draw on a padding
+    voxel of ``pad``; and for each plane the index of the nearest acquired slice.
+    A plane within 1e-6 of a slice copies it exactly.
+    """
+    n = int(np.round((pos[-1] - pos[0]) / step)) + 1
+    z = pos[0] + step * np.arange(n)
+    k = np.clip(np.searchsorted(pos, z, side="right") - 1, 0, len(pos) - 2)
+    w = np.clip((z - pos[k]) / (pos[k + 1] - pos[k]), 0.0, 1.0)
+    w[w < 1e-6], w[w > 1 - 1e-6] = 0.0, 1.0
+    far_plane = np.minimum(z - pos[k], pos[k + 1] - z) > far
+    out = np.empty((n, *hu.shape[1:]), dtype=np.float32)
+    mask = np.zeros(out.shape, dtype=bool)
+    for j in range(n):
+        a, b, wj = k[j], k[j] + 1, float(w[j])
+        if wj == 0.0 or wj == 1.0:
+            out[j] = hu[a if wj == 0.0 else b]
+        else:
+            np.multiply(hu[a], np.float32(1.0 - wj), out=out[j])
+            out[j] += np.float32(wj) * hu[b]
+        if far_plane[j]:
+            mask[j] = True
+        elif pad is not None:
+            if wj < 1.0:
+                mask[j] |= pad[a]
+            if wj > 0.0:
+                mask[j] |= pad[b]
+    return out, mask, np.where(w <= 0.5, k, k + 1)

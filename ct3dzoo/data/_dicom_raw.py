@@ -56,7 +56,8 @@ _NEEDS_PYDICOM = (
 )
 #: The only elements the reader parses; everything else in a header is skipped unread.
 TAGS = [
-    "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesDescription", "Modality",
+    "ImageType", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+    "SeriesDescription", "Modality",
     "ConvolutionKernel", "GantryDetectorTilt", "SliceThickness", "SpacingBetweenSlices",
     "ImagePositionPatient", "ImageOrientationPatient", "SamplesPerPixel",
     "PhotometricInterpretation", "NumberOfFrames", "Rows", "Columns", "PixelSpacing",

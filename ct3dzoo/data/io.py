@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from .._io.atomic import atomic_write_bytes
 from ..errors import CorruptVolumeError
 from .dicom import read_dicom_series
 from .volume import CTVolume, reorient_to_lps, split_affine
 
-__all__ = ["read_nifti", "read_volume"]
+__all__ = ["read_nifti", "read_volume", "write_nifti"]
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -54,6 +56,25 @@ def read_nifti(path: str | os.PathLike, *, reorient: bool = True) -> CTVolume:
     spacing, origin, direction = split_affine(affine)
     meta = {"source": str(path), "modality": "CT", "format": "nifti"}
     return CTVolume(hu=data, spacing=spacing, origin=origin, direction=direction, meta=meta)
+
+
+def write_nifti(
+    array: np.ndarray, like: CTVolume, path: str | os.PathLike, *, dtype: Any = np.float32
+) -> Path:
+    """Write ``array`` ``(D, H, W)`` on ``like``'s voxel grid as NIfTI (written atomically),
+    with ``like``'s geometry (LPS -> RAS affine), e.g. a saliency map over its study: it
+    overlays the study in any viewer, and `read_nifti` gives the grid back."""
+    try:
+        import nibabel as nib
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise ImportError("Writing NIfTI needs nibabel: pip install 'ct3dzoo[nifti]'") from e
+    arr = np.asarray(array, dtype=dtype)
+    if arr.shape != like.shape:
+        raise ValueError(f"array {arr.shape} is not on the volume's grid {like.shape}")
+    img = nib.Nifti1Image(arr, _RAS_TO_LPS @ like.affine)
+    img.header.set_xyzt_units("mm")
+    data = img.to_bytes()
+    return atomic_write_bytes(path, gzip.compress(data) if str(path).endswith(".gz") else data)
 
 
 @contextlib.contextmanager
@@ -103,6 +124,9 @@ def read_volume(
     *,
     spacing: Sequence[float] | None = None,
     series_uid: str | None = None,
+    series: Literal["error", "largest", "thinnest"] = "error",
+    gaps: Literal["regularise", "stack", "error"] = "regularise",
+    tilt: Literal["resample", "error"] = "resample",
     strict: bool = False,
 ) -> CTVolume:
     """Read a CT volume from any supported source.
@@ -111,21 +135,24 @@ def read_volume(
         path: a DICOM folder, a DICOM file or list of files, ``.nii``/``.nii.gz``, or
             ``.npy``/``.npz`` holding ``(D, H, W)`` HU in the `CTVolume` orientation.
         spacing: ``(z, y, x)`` mm for ``.npy`` (required) or to override ``.npz``.
-        series_uid, strict: passed to `read_dicom_series`.
+        series_uid, series, gaps, tilt, strict: passed to `read_dicom_series` (which series
+            of a study folder; irregular slice gaps; gantry tilt; raise instead of warn).
 
     Returns:
         `CTVolume` (float32 HU, D inferior -> superior).
     """
+    dicom = {"series_uid": series_uid, "series": series, "gaps": gaps, "tilt": tilt,
+             "strict": strict}  # fmt: skip
     if not isinstance(path, (str, os.PathLike)):
-        return read_dicom_series(path, series_uid=series_uid, strict=strict)
+        return read_dicom_series(path, **dicom)
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"No such file or folder: {p}")
     name = p.name.lower()
     if p.is_dir():
-        return read_dicom_series(p, series_uid=series_uid, strict=strict)
+        return read_dicom_series(p, **dicom)
     if name.endswith((".nii", ".nii.gz")):
         return read_nifti(p)
     if name.endswith((".npy", ".npz")):
         return _read_numpy(p, spacing)
-    return read_dicom_series(p, series_uid=series_uid, strict=strict)
+    return read_dicom_series(p, **dicom)
