@@ -182,8 +182,9 @@ def test_truncated_slice_is_left_out_and_the_gap_reported(tmp_path: Path) -> Non
         pytest.warns(NonUniformSpacingWarning, match="1 missing"),
     ):
         vol = read_dicom_series(tmp_path / "s")
-    assert vol.shape == (4, 32, 32)
-    np.testing.assert_array_equal(vol.hu[:, 0, 0], [1000 + k - 1024 for k in (0, 1, 3, 4)])
+    assert vol.shape == (5, 32, 32)  # the gap regularised: plane 2 interpolated and masked
+    np.testing.assert_array_equal(vol.hu[:, 0, 0], [1000 + k - 1024 for k in range(5)])
+    assert vol.meta["padding_mask"][:, 0, 0].tolist() == [0, 0, 1, 0, 0]
     assert vol.meta["skipped_files"] == 1
 
 

@@ -126,13 +126,15 @@ def test_dataset_names_studies_missing_from_the_cache(tmp_path: Path) -> None:
 def test_size_options_and_mismatch(tmp_path: Path) -> None:
     manifest, _ = make_manifest(tmp_path, n=2, broken=False)
     out = tmp_path / "c"
-    prepare(manifest, out, size=(3, 5, 6), progress=False)
+    prepare(manifest, out, shape=(3, 5, 6), progress=False)
     arr = np.load(next((out / "studies").iterdir()) / "hu.npy")
     assert arr.shape == (3, 5, 6) and arr.dtype == np.int16
     with pytest.raises(ValueError, match="was prepared with"):
-        prepare(manifest, out, size=(4, 5, 6), progress=False)
+        prepare(manifest, out, shape=(4, 5, 6), progress=False)
     with pytest.raises(ValueError, match="not both"):
-        prepare(manifest, tmp_path / "d", size=(4, 5, 6), spacing=1.0, progress=False)
+        prepare(manifest, tmp_path / "d", shape=(4, 5, 6), spacing=1.0, progress=False)
+    with pytest.warns(FutureWarning, match="size= is deprecated"):  # the old name, one release
+        prepare(manifest, out, size=(3, 5, 6), progress=False)
 
 
 @pytest.mark.parametrize("bad", ["2/2", "1", "a/b", "-1/3"])
@@ -164,5 +166,5 @@ def test_cli_parser_and_process_workers(tmp_path: Path, capsys: pytest.CaptureFi
     assert run_prepare(args) == 0
     assert "0 written, 3 already done, 0 failed" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        parser.parse_args(["prepare", str(manifest), "--out", "x", "--size", "1", "2", "3",
+        parser.parse_args(["prepare", str(manifest), "--out", "x", "--shape", "1", "2", "3",
                            "--spacing", "1"])  # fmt: skip

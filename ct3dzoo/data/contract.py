@@ -42,7 +42,7 @@ from .geometry import resample
 from .volume import CTVolume
 from .windows import WINDOWS, WindowSpec, stack_windows
 
-__all__ = ["InputTransform", "resolve_weights_spec", "transforms_for"]
+__all__ = ["InputTransform", "contract_transform", "resolve_weights_spec"]
 
 _CATALOG = Path(__file__).resolve().parents[1] / "catalog.json"
 #: the axis convention every ct3dzoo reader returns (see ct3dzoo.data.volume)
@@ -69,6 +69,18 @@ def reorientation(src: str, dst: str) -> tuple[tuple[int, int, int], tuple[bool,
         perm.append(j)
         flips.append(src[j] != t)
     return tuple(perm), tuple(flips)  # type: ignore[return-value]
+
+
+def array_order_spacing(contract: InputContract) -> tuple[float, float, float] | None:
+    """A row's stated spacing (given in its own axis order, ``contract.orientation``) in the
+    readers' ``(z, y, x)`` order; None when the row states none."""
+    if contract.spacing is None:
+        return None
+    perm, _ = reorientation(_ARRAY_CONVENTION, contract.orientation or _ARRAY_CONVENTION)
+    out = [0.0, 0.0, 0.0]
+    for i, j in enumerate(perm):
+        out[j] = float(contract.spacing[i])
+    return tuple(out)  # type: ignore[return-value]
 
 
 def _from_catalog(name: str) -> WeightsSpec:
@@ -147,11 +159,7 @@ class InputTransform:
     def _geometry(self, x: Any, spacing: Sequence[float] | None) -> Any:
         c = self.contract
         perm, flips = reorientation(_ARRAY_CONVENTION, c.orientation or _ARRAY_CONVENTION)
-        target = None  # the row's spacing in the readers' axis order
-        if c.spacing is not None:
-            target = [0.0, 0.0, 0.0]
-            for i, j in enumerate(perm):
-                target[j] = float(c.spacing[i])
+        target = array_order_spacing(c)
         if isinstance(x, CTVolume):
             x = x.hu if target is None else resample(x, spacing=tuple(target)).hu
         elif target is not None and spacing is not None:
@@ -217,13 +225,14 @@ class InputTransform:
         return f"InputTransform({self.name}: {self.contract.describe()}{extra})"
 
 
-def transforms_for(
+def contract_transform(
     model_or_cfg: Any,
     *,
     windows: Sequence[WindowSpec] | WindowSpec | None = None,
     zscore_threshold: float | None = None,
 ) -> InputTransform:
-    """The transform from HU to what ``model_or_cfg``'s weights expect.
+    """The transform from HU to what ``model_or_cfg``'s source weights expect (their input
+    contract; :func:`ct3dzoo.data.transforms_for` uses it for models with no training record).
 
     Args:
         model_or_cfg: a :class:`~ct3dzoo.CTModel`, a weights spec

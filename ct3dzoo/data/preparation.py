@@ -3,7 +3,7 @@
 Each study becomes int16 HU (optionally resampled to a spacing or a model-ready size) plus
 its geometry and reader meta, in the layout of `ct3dzoo.data.cache`. Resumable (finished
 studies are skipped, half-written ones redone), a broken study goes to ``errors.jsonl``
-without stopping the run, and ``shard=(i, n)`` (or ``RANK``/``WORLD_SIZE``,
+without stopping the run (a rerun retries it once its input has changed), and ``shard=(i, n)`` (or ``RANK``/``WORLD_SIZE``,
 ``SLURM_PROCID``/``SLURM_NTASKS``) splits the work across machines into one folder.
 `CTDataset(manifest, prepared=OUT)` then reads the cache without decoding anything.
 """
@@ -11,20 +11,28 @@ without stopping the run, and ``shard=(i, n)`` (or ``RANK``/``WORLD_SIZE``,
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._cli_args import deprecated_alias
 from .._io.atomic import atomic_path, atomic_write_text
-from .cache import PREPARE_VERSION, failed_studies, read_options, study_dir, study_key
+from .cache import (
+    PREPARE_VERSION,
+    failed_studies,
+    input_signature,
+    jsonable_meta,
+    read_options,
+    study_dir,
+    study_key,
+)
 from .dataset import read_manifest
 from .geometry import resample
 from .io import read_volume
@@ -41,6 +49,9 @@ class PrepareResult:
     skipped: list[str] = field(default_factory=list)  # already cached or already failed
     failed: dict[str, str] = field(default_factory=dict)  # key -> error, new this call
     seconds: float = 0.0
+    #: keys in ``skipped`` that failed before and whose input is unchanged since (a study
+    #: whose file or folder changed after it failed is retried instead)
+    skipped_failed: list[str] = field(default_factory=list)
 
 
 def resolve_shard(shard: tuple[int, int] | str | None = None) -> tuple[int, int]:
@@ -69,13 +80,13 @@ def resolve_shard(shard: tuple[int, int] | str | None = None) -> tuple[int, int]
 def _options(spacing: Any, size: Any) -> dict[str, Any]:
     if spacing is not None and size is not None:
         raise ValueError(
-            "Pass spacing= or size=, not both (size already fixes the voxel grid); "
+            "Pass spacing= or shape=, not both (shape already fixes the voxel grid); "
             "to crop after resampling, use a transform at training time."
         )
     sp = None if spacing is None else [float(s) for s in np.broadcast_to(spacing, 3)]
     sz = None if size is None else [int(s) for s in size]
     if sz is not None and (len(sz) != 3 or min(sz) < 1):
-        raise ValueError(f"size must be three positive integers D H W; got {size!r}")
+        raise ValueError(f"shape must be three positive integers D H W; got {size!r}")
     if sp is not None and not all(np.isfinite(s) and s > 0 for s in sp):
         raise ValueError(f"spacing must be positive mm values; got {spacing!r}")
     return {"version": PREPARE_VERSION, "dtype": "int16", "spacing": sp, "size": sz}
@@ -88,17 +99,13 @@ def _check_options(out: Path, opts: dict[str, Any]) -> None:
     elif have != opts:
         raise ValueError(
             f"{out} was prepared with {have}, not {opts}. Use another output folder, or the "
-            "same --spacing/--size."
+            "same --spacing/--shape."
         )
-
-
-def _jsonable(meta: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))}
 
 
 def _prepare_one(record: dict[str, Any], out: Path, opts: dict[str, Any]) -> tuple[int, int]:
     """Read, resample and write one study; returns ``(bytes written, slices)``."""
-    vol = read_volume(record["path"])
+    vol = read_volume(record["path"], series_uid=record.get("series_uid"))
     if opts["spacing"] is not None:
         vol = resample(vol, spacing=opts["spacing"])
     elif opts["size"] is not None:
@@ -112,7 +119,7 @@ def _prepare_one(record: dict[str, Any], out: Path, opts: dict[str, Any]) -> tup
         "spacing": list(vol.spacing),
         "origin": list(vol.origin),
         "direction": np.asarray(vol.direction).tolist(),
-        "meta": _jsonable(vol.meta),
+        "meta": jsonable_meta(vol.meta),
     }
     with atomic_path(study_dir(out, record)) as tmp:
         tmp.mkdir()
@@ -139,9 +146,10 @@ def _results(
         for job in jobs:
             yield job[0], _run_one(job)
         return
-    # spawn, not fork: the parent may hold torch/OpenMP threads
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+    # threads, not processes: reading is file IO and resampling is torch, both release the
+    # GIL; and a thread pool works from a plain script, where spawned processes would re-run
+    # the caller's script (no `if __name__ == "__main__":` guard needed, any start method)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ct3dzoo-prepare") as ex:
         yield from zip(todo, ex.map(_run_one, jobs))
 
 
@@ -150,11 +158,12 @@ def prepare(
     out: str | os.PathLike,
     *,
     spacing: Sequence[float] | float | None = None,
-    size: Sequence[int] | None = None,
+    shape: Sequence[int] | None = None,
     workers: int = 1,
     shard: tuple[int, int] | str | None = None,
     retry_errors: bool = False,
     progress: bool = True,
+    size: Sequence[int] | None = None,
 ) -> PrepareResult:
     """Cache every study of ``manifest`` under ``out`` as int16 HU + geometry.
 
@@ -163,19 +172,22 @@ def prepare(
             NIfTI or ``.npy``/``.npz``.
         out: cache folder (layout in `ct3dzoo.data.cache`); one folder for all shards.
         spacing: resample to this ``(z, y, x)`` mm spacing (or one number), or
-        size: resample to this ``(D, H, W)`` (model-ready); neither: native grid.
-        workers: studies prepared in parallel (processes); 1 = in this process.
+        shape: resample to this ``(D, H, W)`` (model-ready); neither: native grid.
+        workers: studies prepared in parallel (threads); 1 = one at a time.
         shard: ``(i, n)`` or ``"i/n"``: this call does rows ``i, i + n, ...``; default
             from ``RANK``/``WORLD_SIZE`` or ``SLURM_PROCID``/``SLURM_NTASKS``.
-        retry_errors: also redo studies listed in ``errors.jsonl``.
+        retry_errors: also redo studies listed in ``errors.jsonl`` whose input is unchanged
+            (a failed study whose file or folder changed since is always retried).
         progress: show a tqdm bar with studies/s and MB/s.
+        size: deprecated name of ``shape``.
 
     Returns:
         `PrepareResult`; failures are also appended to ``out/errors.jsonl``.
     """
     t0 = time.perf_counter()
     out = Path(out)
-    opts = _options(spacing, size)
+    shape = deprecated_alias("size", "shape", size, shape)  # type: ignore[assignment]
+    opts = _options(spacing, shape)
     records, _ = read_manifest(manifest)
     index, count = resolve_shard(shard)
     mine = records[index::count]
@@ -186,9 +198,15 @@ def prepare(
     todo = []
     for r in mine:
         key = study_key(r)
-        if (study_dir(out, r) / "meta.json").is_file() or key in failed_before:
+        if (study_dir(out, r) / "meta.json").is_file():
             result.skipped.append(key)
             continue
+        if key in failed_before:
+            then = failed_before[key].get("input")
+            if then is None or then == input_signature(r["path"]):  # unchanged: skip
+                result.skipped.append(key)
+                result.skipped_failed.append(key)
+                continue
         for stale in (out / "studies").glob(f".{key}.*.tmp"):  # left by a killed run
             shutil.rmtree(stale, ignore_errors=True)
         todo.append(r)
@@ -206,7 +224,8 @@ def prepare(
                 nbytes += value[0]
             else:
                 result.failed[key] = value
-                line = {"key": key, "id": r["id"], "path": str(r["path"]), "error": value}
+                line = {"key": key, "id": r["id"], "path": str(r["path"]), "error": value,
+                        "input": input_signature(r["path"])}  # fmt: skip
                 with open(out / "errors.jsonl", "a") as fh:  # one short append per line
                     fh.write(json.dumps(line) + "\n")
             bar.update(1)

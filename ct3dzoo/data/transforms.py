@@ -18,14 +18,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .windows import WindowSpec, stack_windows
+from ._transform_registry import (
+    TRANSFORMS,
+    eval_transform,
+    plain,
+    register_transform,
+    transform_from_config,
+    transform_to_config,
+)
+from .geometry import box_downsample
+from .windows import WindowSpec, stack_windows, window_list
 
 __all__ = [
+    "TRANSFORMS",
     "CenterCrop",
     "Compose",
     "RandomCrop",
@@ -34,6 +45,9 @@ __all__ = [
     "RandomRotation",
     "Resize",
     "Window",
+    "eval_transform",
+    "transform_from_config",
+    "transform_to_config",
 ]
 
 Size3 = Sequence[int | None]
@@ -70,6 +84,7 @@ def _pad_to(x: torch.Tensor, size: Sequence[int], fill: float) -> torch.Tensor:
     return F.pad(x, pads, value=fill) if any(pads) else x
 
 
+@register_transform
 class Compose:
     """Apply transforms in order."""
 
@@ -85,7 +100,16 @@ class Compose:
         inner = "".join(f"\n    {t!r}," for t in self.transforms)
         return f"Compose([{inner}\n])"
 
+    def to_config(self) -> dict[str, Any] | None:
+        parts = [transform_to_config(t) for t in self.transforms]
+        return None if any(p is None for p in parts) else {"name": "Compose", "transforms": parts}
 
+    def eval_counterpart(self) -> Compose | None:
+        kept = [e for e in (eval_transform(m) for m in self.transforms) if e is not None]
+        return Compose(kept) if kept else None
+
+
+@register_transform
 class CenterCrop:
     """Crop the centre ``size`` = (D, H, W) (``None`` keeps a dim); pads with ``fill`` if smaller."""
 
@@ -101,7 +125,28 @@ class CenterCrop:
     def __repr__(self) -> str:
         return f"CenterCrop(size={self.size})"
 
+    def output_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        return _target(self.size, shape)
 
+    def invert_map(self, m: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """Put a map ``(..., d, h, w)`` on this crop's output back onto the input grid
+        ``shape`` (zero where the crop cut; padded margins dropped)."""
+        t = self.output_shape(shape)
+        padded = [max(n, s) for n, s in zip(shape, t)]
+        full = m.new_zeros((*m.shape[:-3], *padded))
+        sl = [slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(padded, t)]
+        full[(..., *sl)] = m
+        pads = [slice((p - n) // 2, (p - n) // 2 + n) for p, n in zip(padded, shape)]
+        return full[(..., *pads)]
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": "CenterCrop", "size": plain(self.size), "fill": self.fill}
+
+    def eval_counterpart(self) -> Any:
+        return self
+
+
+@register_transform
 class RandomCrop:
     """Crop a random ``size`` = (D, H, W) box per sample; pads with ``fill`` if smaller."""
 
@@ -126,7 +171,14 @@ class RandomCrop:
     def __repr__(self) -> str:
         return f"RandomCrop(size={self.size})"
 
+    def to_config(self) -> dict[str, Any]:
+        return {"name": "RandomCrop", "size": plain(self.size), "fill": self.fill}
 
+    def eval_counterpart(self) -> Any:
+        return CenterCrop(self.size, fill=self.fill)
+
+
+@register_transform
 class RandomFlip:
     """Flip each of ``axes`` (negative = spatial dims, -1 = W) with probability ``p`` per sample."""
 
@@ -153,7 +205,14 @@ class RandomFlip:
     def __repr__(self) -> str:
         return f"RandomFlip(axes={self.axes}, p={self.p})"
 
+    def to_config(self) -> dict[str, Any]:
+        return {"name": "RandomFlip", "axes": plain(self.axes), "p": self.p}
 
+    def eval_counterpart(self) -> Any:
+        return None
+
+
+@register_transform
 class RandomRotation:
     """Rotate in the (H, W) plane by a uniform angle per sample, about the centre.
 
@@ -201,7 +260,20 @@ class RandomRotation:
     def __repr__(self) -> str:
         return f"RandomRotation(degrees={self.degrees}, fill={self.fill}, p={self.p})"
 
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "name": "RandomRotation",
+            "degrees": plain(self.degrees),
+            "fill": self.fill,
+            "p": self.p,
+            "mode": self.mode,
+        }
 
+    def eval_counterpart(self) -> Any:
+        return None
+
+
+@register_transform
 class RandomIntensity:
     """``x * (1 + a) + b`` with ``a ~ U(-scale, scale)``, ``b ~ U(-shift, shift)`` per sample.
 
@@ -229,7 +301,14 @@ class RandomIntensity:
     def __repr__(self) -> str:
         return f"RandomIntensity(shift={self.shift}, scale={self.scale}, p={self.p})"
 
+    def to_config(self) -> dict[str, Any]:
+        return {"name": "RandomIntensity", "shift": self.shift, "scale": self.scale, "p": self.p}
 
+    def eval_counterpart(self) -> Any:
+        return None
+
+
+@register_transform
 class Resize:
     """Resize the spatial dims to ``size`` = (D, H, W) (``None`` keeps a dim).
 
@@ -256,7 +335,7 @@ class Resize:
                 src = up
             if all(s % n == 0 for s, n in zip(src, t)):
                 k = tuple(s // n for s, n in zip(src, t))
-                out = _box_downsample(x5, k) if k != (1, 1, 1) else x5
+                out = box_downsample(x5, k) if k != (1, 1, 1) else x5
             else:
                 out = F.adaptive_avg_pool3d(x5, t)
         else:
@@ -267,38 +346,24 @@ class Resize:
     def __repr__(self) -> str:
         return f"Resize(size={self.size}, mode={self.mode!r})"
 
+    def output_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        return _target(self.size, shape)
 
-def _box_downsample(
-    x: torch.Tensor, k: tuple[int, int, int], block_bytes: int = 16 << 20
-) -> torch.Tensor:
-    """Exact box average by integer factors ``k`` of ``(B, C, D, H, W)`` (== `F.avg_pool3d`).
+    def invert_map(self, m: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """Resize a map ``(..., d, h, w)`` on this transform's output back to ``shape``."""
+        lead = m.shape[:-3]
+        x = m.reshape(1, -1, *m.shape[-3:]).float()
+        x = F.interpolate(x, size=tuple(shape), mode="trilinear", align_corners=False)
+        return x.reshape(*lead, *shape)
 
-    Works in blocks of output slices sized to stay in cache (blocks, not slices: a 128-slice
-    volume to 32 is about 6 blocks): sum ``k[0]`` input slices with adds, then
-    `F.avg_pool2d` in-plane. On CPU this is 2-6x faster than `F.avg_pool3d`.
-    """
-    if x.is_cuda:
-        return F.avg_pool3d(x, kernel_size=k, stride=k)
-    b, c, d, h, w = x.shape
-    kd, kh, kw = k
-    do = d // kd
-    v = x.reshape(b * c, do, kd, h, w)
-    out = torch.empty(b * c, do, h // kh, w // kw, dtype=x.dtype, device=x.device)
-    per_slice = kd * h * w * x.element_size()
-    cs = max(1, block_bytes // per_slice)
-    for i in range(0, do, cs):
-        blk = v[:, i : i + cs]
-        acc = blk[:, :, 0].clone() if kd > 1 else blk[:, :, 0]
-        for j in range(1, kd):
-            acc += blk[:, :, j]
-        n = acc.shape[1]
-        pooled = F.avg_pool2d(acc.reshape(-1, 1, h, w), (kh, kw)) if kh * kw > 1 else acc
-        out[:, i : i + n] = pooled.reshape(b * c, n, h // kh, w // kw)
-    if kd > 1:
-        out.mul_(1.0 / kd)
-    return out.reshape(b, c, do, h // kh, w // kw)
+    def to_config(self) -> dict[str, Any]:
+        return {"name": "Resize", "size": plain(self.size), "mode": self.mode}
+
+    def eval_counterpart(self) -> Any:
+        return self
 
 
+@register_transform
 class Window:
     """HU ``(1, D, H, W)`` / ``(B, 1, D, H, W)`` -> ``(n, ...)`` channels in [0, 1], one per window."""
 
@@ -316,3 +381,9 @@ class Window:
 
     def __repr__(self) -> str:
         return f"Window({self.windows!r})"
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": "Window", "windows": plain(window_list(self.windows))}
+
+    def eval_counterpart(self) -> Any:
+        return self

@@ -8,7 +8,14 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-__all__ = ["WINDOWS", "WindowSpec", "apply_window", "resolve_window", "stack_windows"]
+__all__ = [
+    "WINDOWS",
+    "WindowSpec",
+    "apply_window",
+    "resolve_window",
+    "stack_windows",
+    "window_list",
+]
 
 #: Named windows as ``(centre, width)`` in HU.
 WINDOWS: dict[str, tuple[float, float]] = {
@@ -27,6 +34,16 @@ ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 def resolve_window(window: WindowSpec) -> tuple[float, float]:
     """Preset name or ``(centre, width)`` -> ``(centre, width)`` in HU."""
+    if isinstance(window, str) and "," in window:  # "C,W" as the command line gives it
+        try:
+            window = tuple(float(v) for v in window.split(","))  # type: ignore[assignment]
+        except ValueError:
+            raise ValueError(
+                f"bad HU window {window!r}: give a preset ({', '.join(WINDOWS)}) or CENTRE,WIDTH "
+                "in HU, e.g. 40,400"
+            ) from None
+        if len(window) != 2:
+            raise ValueError(f"bad HU window {window!r}: CENTRE,WIDTH is two numbers, e.g. 40,400")
     if isinstance(window, str):
         try:
             return WINDOWS[window]
@@ -35,7 +52,15 @@ def resolve_window(window: WindowSpec) -> tuple[float, float]:
                 f"Unknown window {window!r}; presets: {', '.join(WINDOWS)} "
                 "or pass (centre, width) in HU."
             ) from None
-    c, w = window
+    try:
+        c, w = (float(v) for v in window)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"bad HU window {window!r}: an HU window is a preset name or (centre, width) in HU, "
+            "e.g. (40, 400)"
+        ) from None
+    if not (np.isfinite(c) and np.isfinite(w)):
+        raise ValueError(f"HU window centre and width must be finite numbers; got {window!r}")
     if w <= 0:
         raise ValueError(f"Window width must be > 0 HU, got {w}")
     return float(c), float(w)
@@ -69,6 +94,30 @@ def apply_window(hu: ArrayT, window: WindowSpec) -> ArrayT:
     return out  # type: ignore[return-value]
 
 
+def window_list(windows: Sequence[WindowSpec] | WindowSpec) -> list[WindowSpec]:
+    """One HU window or several -> a list of presets / ``(centre, width)`` tuples (a JSON
+    ``[c, w]`` pair counts as one window; ``"C,W"`` strings are parsed)."""
+
+    def one(w: object) -> bool:
+        return isinstance(w, str) or (
+            isinstance(w, (tuple, list))
+            and len(w) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in w)
+        )
+
+    items = [windows] if one(windows) else list(windows)  # type: ignore[arg-type]
+    out: list[WindowSpec] = []
+    for w in items:
+        if not one(w):
+            raise ValueError(f"bad HU window {w!r}: a preset name or (centre, width) in HU")
+        if isinstance(w, str) and "," in w:
+            w = resolve_window(w)
+        out.append(w if isinstance(w, str) else (float(w[0]), float(w[1])))  # type: ignore[index]
+    if not out:
+        raise ValueError("no HU window given: pass at least one preset or (centre, width)")
+    return out
+
+
 def stack_windows(hu: ArrayT, windows: Sequence[WindowSpec] | WindowSpec, dim: int = 0) -> ArrayT:
     """Apply several windows and stack them as channels.
 
@@ -81,11 +130,7 @@ def stack_windows(hu: ArrayT, windows: Sequence[WindowSpec] | WindowSpec, dim: i
     Returns:
         ``(len(windows), D, H, W)`` in [0, 1], same type/device as ``hu``.
     """
-    if isinstance(windows, str) or (
-        isinstance(windows, tuple) and len(windows) == 2 and not isinstance(windows[0], str)
-    ):
-        windows = [windows]  # type: ignore[list-item]
-    cw = [resolve_window(w) for w in windows]  # type: ignore[union-attr]
+    cw = [resolve_window(w) for w in window_list(windows)]
     lo = [c - w / 2.0 for c, w in cw]
     inv = [1.0 / w for _, w in cw]
     n = len(cw)
