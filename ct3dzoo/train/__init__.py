@@ -17,11 +17,14 @@ _EXPORTS = {
     "FinetuneConfig": "config",
     "FinetuneResult": "state",
     "aggregate_by_group": "metrics",
+    "bootstrap_ci": "bootstrap",
     "classification_metrics": "metrics",
+    "compare_sources": "compare",
     "finetune": "api",
     "load_checkpoint": "checkpoint",
     "predict": "inference",
     "segmentation_loss": "segmentation",
+    "study_metrics": "bootstrap",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,10 +1,12 @@
-"""Metric glue: probabilities, study-level aggregation and torchmetrics AUROC / AUPRC."""
+"""Metric glue: the task check, probabilities, study-level aggregation, torchmetrics AUROC /
+AUPRC (their bootstrap confidence intervals: :mod:`.bootstrap`)."""
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
@@ -14,14 +16,45 @@ from .config import Task
 __all__ = [
     "Task",
     "aggregate_by_group",
+    "check_task",
     "classification_metrics",
     "probabilities",
     "single_class_columns",
 ]
 
 
+def check_task(task: object, num_classes: int) -> Task:
+    """Refuse a task that is unknown or cannot be right for a model with ``num_classes``
+    outputs (a 1-output model cannot be multi-class; a several-output model is not binary).
+    Returns ``task``."""
+    valid = get_args(Task)
+    if not isinstance(task, str) or task not in valid:
+        near = difflib.get_close_matches(str(task), valid, n=1, cutoff=0.0)
+        raise ValueError(
+            f"unknown task {task!r}; use one of {', '.join(map(repr, valid))}"
+            + (f" (did you mean {near[0]!r}?)" if near else "")
+        )
+    if task == "multiclass" and num_classes == 1:
+        raise ValueError(
+            "task='multiclass' for a 1-output model: a 1-output model cannot be multiclass; "
+            "softmax of one logit is always 1. Use task='binary' (sigmoid), or a model with "
+            "one output per class."
+        )
+    if task == "binary" and num_classes > 1:
+        raise ValueError(
+            f"task='binary' for a model with {num_classes} outputs: binary needs exactly one "
+            "output. Use task='multilabel' (a sigmoid per output) or task='multiclass' (softmax "
+            "over the outputs)."
+        )
+    return task  # type: ignore[return-value]
+
+
 def probabilities(logits: torch.Tensor, task: Task) -> torch.Tensor:
-    """Sigmoid for binary / multi-label, softmax over classes for multi-class."""
+    """Sigmoid for binary / multi-label, softmax over classes for multi-class.
+
+    ``logits`` ``(N, num_classes)``; the task is checked against ``num_classes`` first
+    (:func:`check_task`)."""
+    check_task(task, logits.shape[-1] if logits.dim() == 2 else 0)
     logits = logits.float()
     return logits.softmax(dim=-1) if task == "multiclass" else logits.sigmoid()
 
