@@ -90,29 +90,47 @@ def write_montage(
     return path
 
 
+def _lesion_mask(out: Path, val: Any, i: int) -> Any:
+    """Case ``i``'s lesion mask on the model's grid: the same resampling and crop as its image."""
+    import torch
+
+    from ct3dzoo.data import read_volume, resample
+
+    cases = json.loads((out / "data" / "val" / "cases.json").read_text())
+    if not cases[i].get("mask"):
+        return None
+    vol = read_volume(out / "data" / "val" / cases[i]["mask"])
+    if val.shape is not None:
+        vol = resample(vol, shape=val.shape, mode="nearest")
+    mask = torch.from_numpy(vol.hu.astype("float32") > 0.5).float()[None]
+    return (val.transform(mask) if val.transform is not None else mask)[0]
+
+
 def write_saliency(
     out: Path, model: Any, val: Any, window: str | tuple[float, float], say: Callable[[str], None]
 ) -> Path | None:
-    """Grad-CAM of the finetuned model on the first positive validation case, as an overlay
-    montage (needs the ``[explain]`` and ``[viz]`` extras; skipped with a message otherwise)."""
+    """Saliency (:func:`ct3dzoo.explain.saliency`, its default method) of the finetuned model
+    on the first positive validation case, as an overlay montage of every slice with the
+    lesion outlined (needs the ``[explain]`` and ``[viz]`` extras; skipped with a message
+    otherwise)."""
     import torch
 
     try:
-        from ct3dzoo.explain import gradcam
+        from ct3dzoo.explain import resolve_saliency, saliency
         from ct3dzoo.viz import saliency_montage
 
         records = val.records
         i = next((j for j, r in enumerate(records) if r["labels"][0] == 1), 0)
         x = val[i]["image"][None]  # (1, 1, D, H, W), exactly what the model validated on
         model.eval()
-        with torch.enable_grad():
-            cam = gradcam(model, x)[0]
-        prob = float(torch.sigmoid(model(x)).item())
+        sal = saliency(model, x)[0]
+        with torch.no_grad():
+            prob = float(torch.sigmoid(model(x)).item())
         path = out / "saliency.png"
         saliency_montage(
-            x[0, 0], cam, path=path,
-            title=f"{records[i]['id']} (label 1), p = {prob:.2f}; Grad-CAM of the last stage; "
-            f"window {window!r}",
+            x[0, 0], sal, path=path, num_slices=x.shape[2], contour=_lesion_mask(out, val, i),
+            title=f"{records[i]['id']} (label 1), p = {prob:.2f}, window {window!r}\n"
+            f"{resolve_saliency(model, x.shape[2:]).title}; white: lesion mask",
         )  # fmt: skip
     except ImportError as e:
         say(f"saliency: skipped ({e})")

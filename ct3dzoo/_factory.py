@@ -3,23 +3,26 @@ and ``fetch``. Importing it registers every family (``ct3dzoo.models``)."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
-
 from . import models  # noqa: F401  (registers every family)
+from ._builder import build_model
 from ._features import FeatureListNet
 from ._io import weights as _weights
 from ._io.checkpoint import read_checkpoint
-from ._io.download import hf_file
 from ._loading import load_state_dict_into
 from ._model import CTModel
-from ._publish import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
-from ._registry import get_arch, get_pretrained_cfg, resolve_tag, split_name, tags_of
+from ._registry import (
+    get_arch,
+    get_pretrained_cfg,
+    register_loader,
+    resolve_tag,
+    split_name,
+    tags_of,
+)
+from ._saved import is_model_folder, load_saved
 from ._specs import ModelOptions
 from .errors import CheckpointMismatchError
 from .heads import HeadSpec
@@ -27,8 +30,6 @@ from .heads import HeadSpec
 __all__ = ["create_model", "fetch", "load"]
 
 _CKPT_SUFFIXES = (".pth", ".pt", ".pyth", ".tar", ".ckpt", ".bin", ".safetensors")
-_SIZE_KEYS = ("in_chans", "num_slices", "image_size")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _D = ModelOptions  # defaults are read from the dataclass, never restated here
 
 
@@ -38,32 +39,6 @@ def _looks_like_path(pretrain: Any) -> bool:
     return isinstance(pretrain, str) and (
         os.sep in pretrain or pretrain.endswith(_CKPT_SUFFIXES) or os.path.exists(pretrain)
     )
-
-
-def _build(arch: str, tag: str | None, opts: ModelOptions, arch_kwargs: dict[str, Any]) -> CTModel:
-    """Build ``arch`` with random weights for the weights spec ``arch.tag``."""
-    spec = get_arch(arch)
-    weights = get_pretrained_cfg(f"{arch}.{tag}") if tag else None
-    dense = isinstance(opts.head, str) and opts.head == "segmentation"
-    kw: dict[str, Any] = {
-        "num_classes": opts.num_classes,
-        "in_chans": opts.in_chans,
-        "head": "linear" if dense else opts.head,  # the decoder needs the built stages
-        "drop_rate": opts.drop_rate,
-    }
-    if spec.size_args:
-        kw.update(num_slices=opts.num_slices, image_size=opts.image_size)
-    model = spec.builder(spec=weights, **kw, **arch_kwargs)
-    if dense:
-        model.reset_classifier(opts.num_classes, "segmentation")
-    model.arch = arch
-    model.model_config = {
-        "arch": arch,
-        "tag": tag,
-        **opts.to_dict(),
-        "arch_kwargs": dict(arch_kwargs),
-    }
-    return model
 
 
 def create_model(
@@ -86,7 +61,7 @@ def create_model(
     opts = ModelOptions(**{k: v for k, v in locals().items() if k in ModelOptions.names()})
     name, tag = split_name(arch)
     get_arch(name)
-    model = _build(name, resolve_tag(name, pretrained_tag or tag), opts, arch_kwargs)
+    model = build_model(name, resolve_tag(name, pretrained_tag or tag), opts, arch_kwargs)
     return _features(model, features_only, out_indices)
 
 
@@ -158,11 +133,11 @@ def load(
     """
     # the keyword arguments named like ModelOptions fields (validated there)
     opts = ModelOptions(**{k: v for k, v in locals().items() if k in ModelOptions.names()})
+    if isinstance(arch, (str, os.PathLike)) and is_model_folder(arch):
+        arch = f"local-dir:{arch}"
     if isinstance(arch, str) and arch.startswith(("hf-hub:", "local-dir:")):
         overrides = {k: getattr(opts, k) for k in opts.names() if not opts.is_default(k)}
-        model = _load_from_ref(
-            arch, revision=revision, progress=progress, **overrides, **arch_kwargs
-        )
+        model = load_saved(arch, revision=revision, progress=progress, **overrides, **arch_kwargs)
         return _features(model, features_only, out_indices)
 
     name, tag_in_name = split_name(arch)
@@ -184,7 +159,7 @@ def load(
                 "init or a checkpoint path"
             )
         get_pretrained_cfg(f"{name}.{tag}")  # raises with the nearest tags when unknown
-    model = _build(name, tag, opts, arch_kwargs)
+    model = build_model(name, tag, opts, arch_kwargs)
     if pretrain is None:
         model.model_config["pretrain"] = None
         return _features(model, features_only, out_indices)
@@ -209,13 +184,16 @@ def load(
     return _features(model, features_only, out_indices)
 
 
+register_loader(load)
+
+
 def _fits(spec: Any, source: str, model: CTModel | None = None) -> Any:
     """A validator for ``_io.weights``: refuse a state dict whose keys and shapes do not fit
     ``model`` (default: ``spec``'s architecture with default options), before anything is
     cached."""
 
     def check(sd: dict[str, Any]) -> None:
-        target = model or _build(spec.arch, spec.tag, ModelOptions(num_classes=0), {})
+        target = model or build_model(spec.arch, spec.tag, ModelOptions(num_classes=0), {})
         try:
             load_state_dict_into(target, sd, source=source)
         except CheckpointMismatchError as e:
@@ -242,110 +220,3 @@ def fetch(name: str, *, from_file: str | os.PathLike | None = None, progress: bo
     return _weights.fetch(
         spec, from_file=from_file, progress=progress, validate=_fits(spec, source)
     )
-
-
-# ------------------------------------------------------------------ hf-hub: / local-dir:
-def _hub_files(repo_id: str, *, revision: str | None, progress: bool) -> tuple[Path, Path]:
-    config = hf_file(repo_id, CONFIG_NAME, revision=revision, progress=progress)
-    # pin the weights to the commit the config came from (the cache folder is named by it)
-    commit = config.parent.name if _COMMIT.match(config.parent.name) else revision
-    return config, hf_file(repo_id, WEIGHTS_NAME, revision=commit, progress=progress)
-
-
-def _local_files(path: str) -> tuple[Path, Path]:
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"local-dir: {root} is not a folder (save one with model.save_pretrained)"
-        )
-    config, weights = root / CONFIG_NAME, root / WEIGHTS_NAME
-    for f in (config, weights):
-        if not f.is_file():
-            raise FileNotFoundError(
-                f"local-dir: {root} has no {f.name}; it should hold what save_pretrained writes "
-                f"({CONFIG_NAME}, {WEIGHTS_NAME})"
-            )
-    return config, weights
-
-
-def _read_config(ref: str, path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(path.read_text())
-        dict(config["model_config"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{ref}: {CONFIG_NAME} is not a ct3dzoo config ({e})") from None
-    if int(config.get("format_version", 1)) > FORMAT_VERSION:
-        raise ValueError(
-            f"{ref} was saved by ct3dzoo {config.get('ct3dzoo_version')} (format "
-            f"{config['format_version']}); upgrade ct3dzoo to load it"
-        )
-    return config
-
-
-def _check_sizes(ref: str, mc: dict[str, Any], overrides: dict[str, Any]) -> None:
-    """``in_chans``/``num_slices``/``image_size`` must equal the saved ones."""
-    for key in _SIZE_KEYS:
-        if key not in overrides:
-            continue
-        saved, given = mc.get(key), overrides.pop(key)
-        norm = list(given) if isinstance(given, (tuple, list)) else given
-        if norm != saved:
-            raise ValueError(
-                f"{ref} was saved with {key}={saved}; its weights are adapted to that, so "
-                f"{key}={given} cannot be loaded from it. Load the source weights instead: "
-                f"ct3dzoo.load({mc['arch']!r}, pretrain={mc.get('tag')!r}, {key}={given!r})"
-            )
-
-
-def _load_from_ref(
-    ref: str, *, revision: str | None = None, progress: bool = True, **overrides: Any
-) -> CTModel:
-    """Rebuild a saved model from ``hf-hub:ORG/NAME[@REVISION]`` or ``local-dir:PATH``.
-
-    ``overrides`` (options that differ from their defaults): ``num_classes``/``head`` (a new
-    head replaces the saved one after loading), ``drop_rate``, ``head`` for models saved
-    with a custom head, extra ``arch_kwargs``. ``in_chans``, ``num_slices`` and
-    ``image_size`` must equal the saved ones (the weights were adapted to them).
-    """
-    kind, _, target = ref.partition(":")
-    if kind == "hf-hub":
-        repo_id, _, at = target.partition("@")
-        if at and revision and at != revision:
-            raise ValueError(f"{ref}: revision given twice ({at!r} and revision={revision!r})")
-        config_path, weights_path = _hub_files(
-            repo_id, revision=revision or at or None, progress=progress
-        )
-    elif kind == "local-dir":
-        config_path, weights_path = _local_files(target)
-    else:
-        raise ValueError(f"unknown model reference {ref!r}; use hf-hub:ORG/NAME or local-dir:PATH")
-    mc = dict(_read_config(ref, config_path)["model_config"])
-    _check_sizes(ref, mc, overrides)
-    num_classes = overrides.pop("num_classes", None)
-    new_head = overrides.pop("head", None)
-    drop_rate = overrides.pop("drop_rate", mc.get("drop_rate", _D.drop_rate))
-    saved_head = mc.get("head", _D.head)
-    build_head: Any = saved_head
-    if saved_head == "custom":
-        if new_head is None or isinstance(new_head, str):
-            raise ValueError(
-                f"{ref} was saved with a custom head; pass the same module or factory as head= "
-                "to rebuild it"
-            )
-        build_head, new_head = new_head, None
-    opts = ModelOptions(
-        num_classes=int(mc["num_classes"]),
-        in_chans=int(mc["in_chans"]),
-        head=build_head,
-        drop_rate=float(drop_rate),
-        num_slices=mc.get("num_slices"),
-        image_size=None if mc.get("image_size") is None else tuple(mc["image_size"]),
-    )
-    arch_kwargs = {**(mc.get("arch_kwargs") or {}), **overrides}
-    model = _build(mc["arch"], mc.get("tag"), opts, arch_kwargs)
-    load_state_dict_into(model, load_file(str(weights_path), device="cpu"), source=ref)
-    model.model_config["pretrain"] = mc.get("pretrain")
-    model.model_config["loaded_from"] = ref
-    if (num_classes is not None and num_classes != model.num_classes) or new_head is not None:
-        model.reset_classifier(model.num_classes if num_classes is None else num_classes, new_head)
-    return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -11,10 +12,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import _publish
+from . import _publish, _registry
 from ._features import FeatureInfo, Stage, take_indices
 from ._specs import WeightsSpec
 from .adapt import FoldedStemConv
+from .data.pipeline import Preprocessing
 from .heads import AttentionPool, ClassifierHead, HeadSpec, SegmentationHead, create_fc
 
 __all__ = ["CTModel", "run_blocks", "run_blocks_thw"]
@@ -109,6 +111,10 @@ class CTModel(nn.Module):
         self.pre_logits: nn.Module = nn.Identity()
         self.head = self._make_head(head, num_classes)
         self.model_config: dict[str, Any] = {}
+        #: the training record: everything between a study on disk and this model's input,
+        #: plus label names, task and validation metrics (set by ``finetune``, saved as
+        #: ``preprocessor_config.json``, restored by ``load``); None for source weights
+        self.preprocessing: Preprocessing | None = None
 
     # ------------------------------------------------------------------ head
     def _make_head(self, head: HeadSpec, num_classes: int) -> nn.Module:
@@ -371,8 +377,18 @@ class CTModel(nn.Module):
             if isinstance(m, FoldedStemConv):
                 yield name, m
 
+    @classmethod
+    def from_pretrained(cls, model_id: str | os.PathLike, **kwargs: Any) -> CTModel:
+        """transformers-style alias of :func:`ct3dzoo.load` for a saved model: a folder,
+        ``local-dir:PATH`` or ``hf-hub:ORG/NAME`` (with its preprocessing attached)."""
+        ref = str(model_id)
+        if not ref.startswith(("hf-hub:", "local-dir:")):
+            ref = f"local-dir:{ref}"
+        return _registry.model_loader()(ref, **kwargs)
+
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> Any:
-        """Write ``config.json``, ``model.safetensors`` and a README model card."""
+        """Write ``config.json``, ``model.safetensors``, ``preprocessor_config.json`` (when
+        the model has a training record) and a README model card."""
         return _publish.save_pretrained(self, save_directory, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:

@@ -6,6 +6,9 @@ A saved model is a folder (or Hub repo) of three files:
   num_slices, image_size, arch_kwargs, pretrain), the source weights (tag, URL, licence,
   citation), the input contract and the ct3dzoo version;
 * ``model.safetensors``: ``model.state_dict()`` (ct3dzoo key names, adapted stem);
+* ``preprocessor_config.json``: the training record of a finetuned model
+  (:class:`~ct3dzoo.data.Preprocessing`: everything between a study on disk and the input
+  tensor, label names, task, validation metrics); absent for source weights;
 * ``README.md``: a model card.
 
 ``ct3dzoo.load("hf-hub:ORG/NAME")`` / ``ct3dzoo.load("local-dir:PATH")`` (in ``_factory``)
@@ -31,10 +34,12 @@ from typing import Any
 import torch
 from huggingface_hub import HfApi
 
+from ._card import model_card
 from ._io.atomic import atomic_write_text
 from ._io.checkpoint import save_safetensors
 from ._specs import WeightsSpec
 from ._version import __version__
+from .data.pipeline import PREPROCESSOR_NAME, Preprocessing
 from .data.windows import resolve_window
 
 __all__ = [
@@ -50,19 +55,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 FORMAT_VERSION = 1
-
-KE_2023 = (
-    "Alexander Ke, Shih-Cheng Huang, Chloe P. O'Connell, Michal Klimont, Serena Yeung, "
-    "Pranav Rajpurkar. Video Pretraining Advances 3D Deep Learning on Chest CT Tasks. "
-    "Medical Imaging with Deep Learning (MIDL), 2023."
-)
-_KE_BIBTEX = """@inproceedings{ke2023video,
-  title     = {Video Pretraining Advances 3D Deep Learning on Chest CT Tasks},
-  author    = {Ke, Alexander and Huang, Shih-Cheng and O'Connell, Chloe P. and Klimont, Michal
-               and Yeung, Serena and Rajpurkar, Pranav},
-  booktitle = {Medical Imaging with Deep Learning (MIDL)},
-  year      = {2023}
-}"""
 
 
 # ----------------------------------------------------------------------------- save
@@ -114,6 +106,14 @@ def build_config(model: Any, *, windows: Sequence[Any] | None = None) -> dict[st
     src = _source_info(model) or {}
     native = src.get("input_size")
     contract = src.get("input_contract") or {"kind": "window"}
+    pp = _record(model)
+    if pp is not None:  # what training used, not the source weights' contract
+        contract = {
+            "kind": pp.intensity,
+            "hu_range": None if pp.hu_range is None else list(pp.hu_range),
+        }
+        if windows is None and pp.windows is not None:
+            windows = list(pp.windows)
     size = None
     if mc.get("num_slices") or mc.get("image_size"):
         size = [mc.get("num_slices"), *(mc.get("image_size") or [None, None])]
@@ -127,7 +127,9 @@ def build_config(model: Any, *, windows: Sequence[Any] | None = None) -> dict[st
             "in_chans": in_chans,
             "dtype": "float32",
             "value_range": [0.0, 1.0],
-            "preprocessing": _preprocessing(contract),
+            "preprocessing": _preprocessing(contract)
+            if pp is None
+            else f"as trained: see {PREPROCESSOR_NAME}",
             "contract": contract,
             "windows": _windows_info(windows, in_chans),
             "size": size,
@@ -141,6 +143,11 @@ def build_config(model: Any, *, windows: Sequence[Any] | None = None) -> dict[st
     }
 
 
+def _record(model: Any) -> Preprocessing | None:
+    pp = getattr(model, "preprocessing", None)
+    return pp if isinstance(pp, Preprocessing) else None
+
+
 def _preprocessing(contract: dict[str, Any]) -> str:
     if contract["kind"] == "hu_range":
         lo, hi = contract["hu_range"]
@@ -148,128 +155,6 @@ def _preprocessing(contract: dict[str, Any]) -> str:
     if contract["kind"] == "zscore":
         return "z-score over the volume's voxels (ct3dzoo.data.transforms_for)"
     return "HU windowed to [0, 1] (ct3dzoo.data.apply_window); the model normalises internally"
-
-
-def _hf_license(text: str | None) -> str:
-    t = (text or "").lower()
-    if "apache" in t:
-        return "apache-2.0"
-    if "bsd-3" in t:
-        return "bsd-3-clause"
-    if "mit" in t.split():
-        return "mit"
-    return "other"
-
-
-_PRETRAINED = {
-    "video": "video-pretrained",
-    "imagenet": "ImageNet-pretrained",
-    "ct": "CT-pretrained",
-    None: "pretrained",
-}
-
-
-def model_card(config: dict[str, Any]) -> str:
-    """A README.md model card for a saved model's ``config``."""
-    mc, src, inp = config["model_config"], config["source_weights"], config["input"]
-    arch = mc["arch"]
-    weights = f"{arch}.{mc['tag']}" if mc.get("tag") and mc.get("pretrain") else None
-    if inp.get("windows"):
-        win = "; ".join(
-            f"channel {i}: {w['name'] + ' ' if w['name'] else ''}centre {w['centre']:g} / width "
-            f"{w['width']:g} HU ([{w['hu_range'][0]:g}, {w['hu_range'][1]:g}] HU)"
-            for i, w in enumerate(inp["windows"])
-        )
-    else:
-        win = (
-            "not recorded (pass windows= to save_pretrained); e.g. the paper's CTPA window "
-            "is [-100, 900] HU (`ct3dzoo.data.WINDOWS['pe']`)"
-        )
-    size = inp.get("size")
-    size_txt = (
-        f"built for D x H x W = {' x '.join(str(s) for s in size if s is not None)}"
-        if size
-        else "any D, H, W the architecture's strides allow"
-    )
-    native = inp.get("native_size")
-    lines = [
-        "---",
-        "library_name: ct3dzoo",
-        f"license: {_hf_license(src.get('license'))}",
-        "tags:",
-        "  - ct3dzoo",
-        "  - medical-imaging",
-        "  - computed-tomography",
-        "  - 3d",
-        "  - video-pretraining",
-        "---",
-        "",
-        f"# {arch} for CT (ct3dzoo)",
-        "",
-        f"A {_PRETRAINED[src.get('pretrain_source')] if weights else 'randomly initialised'} "
-        f"`{arch}` for {mc['in_chans']}-channel CT input, built by "
-        "[ct3dzoo](https://github.com/ct3dzoo/ct3dzoo)"
-        + (
-            ": the stem folds the source weights' RGB normalisation in, so the model takes "
-            "HU-windowed volumes directly."
-            if src.get("stem")
-            else "."
-        ),
-        "",
-        "## Model",
-        "",
-        f"- architecture: `{arch}`; {config['num_features']} features; head `{mc['head']}` with "
-        f"{mc['num_classes']} outputs"
-        + (" (pre-logits features)" if mc["num_classes"] == 0 else ""),
-        (f"- source weights: `{weights}`" if weights else "- source weights: none (random init)")
-        + (
-            " (read from a local file; not checked against the published hash)"
-            if mc.get("pretrain") == "file"
-            else ""
-        ),
-    ]
-    if weights:
-        lines += [
-            f"  - trained on {src.get('dataset') or '?'} by {src.get('publisher') or '?'}; "
-            f"original file: {src.get('url') or src.get('hf_hub_id') or 'see the citation'}",
-            f"  - licence of the source weights: {src.get('license') or 'unknown'}",
-        ]
-    lines += [
-        "",
-        "## Input contract",
-        "",
-        f"- tensor `(B, {mc['in_chans']}, D, H, W)`, float32, D = slices",
-        f"- values: {inp['preprocessing']}"
-        + (
-            f"; windows: {win}" if inp.get("contract", {}).get("kind", "window") == "window" else ""
-        ),
-        f"- size: {size_txt}"
-        + (f" (source clip T x H x W = {' x '.join(map(str, native))})" if native else ""),
-        "- no further normalisation: the model applies the source weights' mean/std itself",
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "import ct3dzoo",
-        'model = ct3dzoo.load("hf-hub:ORG/NAME")  # or "local-dir:/path/to/this/folder"',
-        "```",
-        "",
-        "## Citation",
-        "",
-    ]
-    if weights and src.get("citation"):
-        lines += ["Source model:", "", f"> {src['citation']}", ""]
-    lines += [
-        "Video pretraining for chest CT:",
-        "",
-        f"> {KE_2023}",
-        "",
-        "```bibtex",
-        _KE_BIBTEX,
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def save_pretrained(
@@ -306,7 +191,12 @@ def save_pretrained(
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors(model.state_dict(), out / WEIGHTS_NAME, metadata={"format": "pt"})
     atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
-    atomic_write_text(out / CARD_NAME, model_card(config))
+    pp = _record(model)
+    if pp is not None:
+        pp.save(out)
+    else:  # a record left by an earlier save would describe other weights
+        (out / PREPROCESSOR_NAME).unlink(missing_ok=True)
+    atomic_write_text(out / CARD_NAME, model_card(config, pp))
     return out
 
 

@@ -20,6 +20,8 @@ __all__ = [
     "get_pretrained_cfg",
     "list_models",
     "list_pretrained",
+    "model_loader",
+    "register_loader",
     "register_model",
     "register_weights",
     "resolve_tag",
@@ -47,6 +49,20 @@ class ArchSpec:
 
 _ARCHS: dict[str, ArchSpec] = {}
 _WEIGHTS: dict[str, WeightsSpec] = {}
+_LOADER: list[Callable[..., Any]] = []
+
+
+def register_loader(fn: Callable[..., Any]) -> None:
+    """The factory registers ``load`` here, so ``CTModel.from_pretrained`` (a floor below the
+    factory) can call it without importing upwards."""
+    _LOADER[:] = [fn]
+
+
+def model_loader() -> Callable[..., Any]:
+    """The registered ``load`` (``ct3dzoo.load``)."""
+    if not _LOADER:
+        raise RuntimeError("no model loader registered: import ct3dzoo (it registers load)")
+    return _LOADER[0]
 
 
 def register_model(

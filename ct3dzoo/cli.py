@@ -7,6 +7,11 @@ ct3dzoo export ARCH.TAG OUT_DIR [--in-chans N] [--from FILE]
                                              a Hub-ready folder of adapted weights
 ct3dzoo finetune | demo | explain | ...     (subcommands owned by other modules)
 
+A user error (a bad file or option) prints one line ``ct3dzoo COMMAND: error: MESSAGE`` and
+exits 1; ``ct3dzoo --debug COMMAND ...`` shows the traceback instead. Outputs that are inputs
+(``predict ... m.csv --out m.csv``), impossible ``--device`` values and non-positive counts
+are refused before a command starts.
+
 ``--help``, ``list`` and ``info`` never import torch: they read ``catalog.json``, a snapshot
 of the registry (``python -m ct3dzoo._catalog_build`` rewrites it). A subcommand owned by
 another module is imported only when it is the one being run.
@@ -20,13 +25,17 @@ import fnmatch
 import importlib
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._cli_args import is_path_reference
 from ._io.cache import cache_paths, cached_entry
+from ._io.paths import check_outputs
 from ._specs import ModelOptions, WeightsSpec
 from ._version import __version__
+from .errors import CT3DZooError
 
 __all__ = ["build_parser", "main"]
 
@@ -43,7 +52,7 @@ _PLUGINS = {
     "predict": ("ct3dzoo.train.study_cli", "add_predict_parser", "run_predict",
                 "whole-study prediction over slice windows; writes a CSV"),
     "explain": ("ct3dzoo.explain.cli", "add_explain_parser", "run_explain",
-                "Grad-CAM saliency over a CT study: montage + per-slice curve (PNG)"),
+                "saliency over a CT study: NIfTI on its grid, montage, per-slice curve"),
 }  # fmt: skip
 
 
@@ -183,6 +192,7 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, d
         prog="ct3dzoo", description="Video-pretrained 3D networks adapted to single-channel CT."
     )
     parser.add_argument("--version", action="version", version=f"ct3dzoo {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     handlers: dict[str, Handler] = {}
 
@@ -225,19 +235,164 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+#: per command: (output option -> (argparse dest, names written inside a folder output),
+#: input option -> argparse dest); checked before the command runs
+_OUTPUTS: dict[str, tuple[dict[str, tuple[str, tuple[str, ...]]], dict[str, str]]] = {
+    "predict": ({"--out": ("out", ())}, {"MODEL": "model", "STUDY": "studies"}),
+    "explain": (
+        {"--out": ("out", ("saliency_montage.png", "slice_scores.png", "saliency.json"))},
+        {"MODEL": "model", "STUDY": "study"},
+    ),
+    "finetune": (
+        {"--out": ("out_dir", ("last", "best", "final", "log.jsonl"))},
+        {"TRAIN": "train", "--val": "val", "--model": "model", "--pretrain": "pretrain"},
+    ),
+    "export": (
+        {"OUT_DIR": ("out_dir", ("config.json", "model.safetensors", "README.md"))},
+        {"--from": "from_file"},
+    ),
+}
+
+
+def _manifest_paths(paths: Any) -> list[str]:
+    """The study paths of a single CSV manifest (``predict``), so ``--out`` cannot be one."""
+    if not (isinstance(paths, list) and len(paths) == 1 and paths[0].lower().endswith(".csv")):
+        return []
+    from .data.prepare_cli import study_paths  # torch: only for the commands that read data
+
+    return study_paths(paths[0])
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output path that is one of the command's inputs, before anything runs."""
+    outs, ins = _OUTPUTS.get(args.command, ({}, {}))
+    inputs: dict[str, Any] = {}
+    for opt, dest in ins.items():
+        v = getattr(args, dest, None)
+        if isinstance(v, str) and v.startswith(("local-dir:", "hf-hub:")):
+            v = v.partition(":")[2] if v.startswith("local-dir:") else None
+        inputs[opt] = v
+    if "STUDY" in inputs:
+        inputs["a study of the manifest"] = _manifest_paths(inputs["STUDY"])
+    outputs = {opt: getattr(args, dest, None) for opt, (dest, _) in outs.items()}
+    check_outputs(outputs, inputs, writes={opt: names for opt, (_, names) in outs.items()})
+
+
+#: per command: options (argparse dests: old spellings too) > 0, and >= 0 (--shape 0: keep)
+_POSITIVE = {
+    "predict": ("num_slices", "stride", "batch_size", "spacing", "num_classes"),
+    "explain": ("num_slices", "stride", "batch_size", "spacing", "num_classes"),
+    "demo": ("cases", "epochs", "batch_size", "shape", "phantom_shape", "lr"),
+}
+_NON_NEGATIVE = {"predict": ("shape",), "explain": ("target", "shape")}
+#: per command: the (argparse dest, flag) naming an architecture, checked by _check_arch
+_ARCH_OPTIONS = {"demo": ("arch", "--arch"), "finetune": ("model", "--model")}
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Counts, sizes and spacings of the commands that do not check their own."""
+    for dests, strict in ((_POSITIVE, True), (_NON_NEGATIVE, False)):
+        for dest in dests.get(args.command, ()):
+            value = getattr(args, dest, None)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            # NaN compares False both ways, so it is refused too
+            if any(v is not None and not (v > 0 if strict else v >= 0) for v in values):
+                need = "positive (> 0)" if strict else ">= 0"
+                flag = "--" + dest.replace("_", "-")
+                raise ValueError(f"{flag} must be {need}; got {_fmt_value(value)}")
+
+
+def _check_arch(args: argparse.Namespace) -> None:
+    """demo's ``--arch``, finetune's ``--model`` (unless a saved model): a known architecture
+    (from the catalog: no torch), before data is written."""
+    dest, flag = _ARCH_OPTIONS.get(args.command, ("", ""))
+    name = str(getattr(args, dest, None) or "") if dest else ""
+    archs = _catalog()["archs"] if name and not is_path_reference(name) else {}
+    if archs and name.partition(".")[0] not in archs:
+        raise ValueError(
+            f"{flag} {name}: unknown architecture; nearest: "
+            f"{_nearest(name.partition('.')[0], archs)}. `ct3dzoo list` lists them all."
+        )
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """``--device``: a device this machine has (``cpu``, ``cuda[:N]``, ``mps``)."""
+    name = getattr(args, "device", None)
+    if name is None:
+        return
+    import torch  # only commands with a --device get here, and they run torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps (or leave "
+            "--device out: cuda when available, else cpu)"
+        ) from None
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise ValueError(f"--device {name}: the CPU has no numbered devices; use --device cpu")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU"
+            raise ValueError(
+                f"--device {name}: CUDA is not available here ({why}); use --device cpu"
+            )
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(
+                f"--device {name}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: ct3dzoo runs on cpu, cuda[:N] or mps")
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """Errors a user's input causes (bad file, bad option): one line, no traceback."""
+    if isinstance(e, (CT3DZooError, ValueError, TypeError, OSError, RuntimeError, KeyError)):
+        return True
+    return type(e).__name__ == "SafetensorError"  # safetensors' own, raised from Rust
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+        msg = f"{msg}: {e.filename}"
+    return msg or type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the exit status (0 ok, 1 error, 2 usage)."""
+    """Run the CLI; return the exit status (0 ok, 1 error, 2 usage).
+
+    A user error (bad file, bad option, ct3dzoo's own errors) prints one line
+    ``ct3dzoo COMMAND: error: MESSAGE`` and returns 1; ``--debug`` re-raises it instead.
+    """
+    if argv is None:  # an old flag's one `ct3dzoo: warning:` line, not Python's 2 lines too
+        warnings.filterwarnings("ignore", r"--\S+ is deprecated", FutureWarning)
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere, also after the command
     parser, handlers = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
+        _check_numbers(args)
+        _check_arch(args)
+        _check_device(args)
+        _check_outputs(args)
         return int(handlers[args.command](args) or 0)
-    except (ValueError, RuntimeError, OSError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"ct3dzoo {args.command}: error: {msg}", file=sys.stderr)
+    except SystemExit as e:  # a plugin's `raise SystemExit("message")`
+        if debug or not isinstance(e.code, str):
+            raise
+        print(f"ct3dzoo {args.command}: error: {e.code}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if debug or not _is_user_error(e):
+            raise
+        print(f"ct3dzoo {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 1
 
 

@@ -3,19 +3,16 @@
 1. writes a small phantom dataset (:func:`ct3dzoo.phantom.make_phantom_dataset`): training
    cases as NIfTI files, held-out validation cases (another seed) as DICOM series, with
    their lesion masks; half the cases hold a lung nodule;
-2. reads it back with the real readers through :class:`ct3dzoo.data.CTDataset`, resamples,
-   crops and applies the lung window;
+2. reads it back through :class:`ct3dzoo.data.CTDataset`: resample, crop, lung window;
 3. loads an architecture with its Kinetics weights (an arch without them, like the default
    MedicalNet ResNet-10, its own pretrained weights) when they are cached or downloadable,
    otherwise says so and starts from random weights;
 4. finetunes it for a few epochs (:func:`ct3dzoo.finetune`), printing a line per epoch
    (loss, validation AUROC, seconds);
-5. writes a slice montage of a positive validation case and its Grad-CAM overlay
-   (``saliency.png``); the finetuned model is
-   ``run/final`` (``save_pretrained``). Everything lands under one output folder.
+5. writes a montage of a positive validation case, its saliency (``saliency.png``) and the
+   model with its preprocessing (``run/final``), all under one output folder.
 
-Deterministic by ``seed`` (on the same machine and thread count). Python:
-``ct3dzoo.demo.demo(out_dir=...)``; shell: ``ct3dzoo demo --help``.
+Deterministic by ``seed`` (same machine and thread count). ``ct3dzoo demo --help``.
 """
 
 from __future__ import annotations
@@ -28,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._cli_args import add_deprecated, deprecated_alias
 from ._demo_output import EpochLines, folder_bytes, write_montage, write_saliency
 from ._specs import ModelOptions
 
@@ -36,17 +34,16 @@ __all__ = ["add_demo_parser", "demo", "run_demo"]
 #: the default demo: MedicalNet's 3D ResNet-10 (strided, `DEFAULT_ARCH_KWARGS`) from random
 #: weights (the offline case) on 16x32x32 lung crops of 16x43x43 phantoms, 256 training
 #: cases, 6 epochs, no random flips: held-out validation AUROC 0.933-0.967 (seeds 0-2) in
-#: 48-57 s wall on 2 CPU cores, 73 MB written (``python benchmarks/demo.py``;
-#: docs/benchmarks.md has the runs and what else was tried). With cached weights,
-#: ``--arch r3d_18`` (Kinetics) is the video-pretrained model to try.
+#: 48-57 s wall on 2 CPU cores, 73 MB written (``python benchmarks/demo.py``; runs and what
+#: else was tried: docs/benchmarks.md). Cached weights: try ``--arch r3d_18`` (Kinetics).
 DEFAULTS: dict[str, Any] = {
     "arch": "medicalnet_resnet10",
     "n_cases": 320,
     "n_val": 64,
     "epochs": 6,
-    "size": (16, 32, 32),
+    "shape": (16, 32, 32),
     "phantom_shape": (16, 43, 43),
-    "window": "lung",
+    "windows": "lung",
     "lr": 3e-3,
     "batch_size": 16,
     "nodule_radius_mm": (18.0, 28.0),
@@ -120,9 +117,9 @@ def demo(
     n_cases: int = DEFAULTS["n_cases"],
     n_val: int = DEFAULTS["n_val"],
     epochs: int = DEFAULTS["epochs"],
-    size: Sequence[int] = DEFAULTS["size"],
+    shape: Sequence[int] = DEFAULTS["shape"],
     phantom_shape: Sequence[int] = DEFAULTS["phantom_shape"],
-    window: str | tuple[float, float] = DEFAULTS["window"],
+    windows: str | tuple[float, float] = DEFAULTS["windows"],
     lr: float = DEFAULTS["lr"],
     batch_size: int = DEFAULTS["batch_size"],
     nodule_radius_mm: tuple[float, float] = DEFAULTS["nodule_radius_mm"],
@@ -135,7 +132,10 @@ def demo(
     keep_checkpoints: bool = DEFAULTS["keep_checkpoints"],
     seed: int = 0,
     progress: bool = True,
+    device: str | None = None,
     verbose: bool = True,
+    size: Sequence[int] | None = None,
+    window: str | tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Run the phantom demo; returns what it measured and wrote.
 
@@ -148,16 +148,16 @@ def demo(
         n_cases, n_val: phantom cases in all, and how many of them validate: the validation
             cases come from their own seed (held out), each set half positive.
         epochs, lr, batch_size: finetuning (AdamW, cosine schedule, BCE).
-        size: ``(D, H, W)`` the model sees.
+        shape: ``(D, H, W)`` the model sees.
         phantom_shape: ``(D, H, W)`` of the written phantoms (a 240 x 360 x 360 mm chest).
-        window: HU window preset or ``(centre, width)``.
+        windows: HU window preset or ``(centre, width)`` (one channel).
         nodule_radius_mm: range of the nodule radius of positive cases.
         lung_vessel_hu: contrast of the small lung vessels in the phantoms
             (:func:`~ct3dzoo.phantom.make_chest_phantom`; 750 there by default, 300
             here: a smoother lung in which the nodule is what stands out).
         crop: fraction of the in-plane field of view kept (centre crop, 0.75 = the central
             270 of 360 mm, which holds both lungs): volumes are resampled to
-            ``size / crop`` in-plane, then cropped to ``size``; 1.0 = no crop.
+            ``shape / crop`` in-plane, then cropped to ``shape``; 1.0 = no crop.
         head, drop_rate: model options (:class:`ct3dzoo._specs.ModelOptions`, one output).
         arch_kwargs: passed to the architecture (e.g. ``{"slice_pool": "max"}`` for the 2D
             baselines); None: `DEFAULT_ARCH_KWARGS` for the default arch, none for others.
@@ -168,7 +168,9 @@ def demo(
             message; an arch without Kinetics weights, like the default 2D ResNet-18, tries
             its own pretrained weights, e.g. ImageNet) or ``None`` (random init).
         seed: the phantoms, the data order and the initialisation follow from it.
+        device: where to finetune (default: cuda if available, else cpu).
         progress: progress bars; verbose: print the story and a line per epoch.
+        size, window: deprecated names of ``shape`` and ``windows``.
 
     Returns:
         ``{"val_auroc", "best_val_auroc", "best_epoch", "history", "weights" (``arch.tag`` or
@@ -189,9 +191,15 @@ def demo(
 
     t0 = time.perf_counter()
     out = Path(out_dir).absolute()
-    size, phantom_shape = tuple(int(s) for s in size), tuple(int(s) for s in phantom_shape)
+    shape = deprecated_alias("size", "shape", size, None) or shape  # type: ignore[assignment]
+    windows = deprecated_alias("window", "windows", window, None) or windows  # type: ignore[assignment]
+    size, phantom_shape = tuple(int(s) for s in shape), tuple(int(s) for s in phantom_shape)
+    window = windows
     if not 0.0 < crop <= 1.0:
         raise ValueError(f"crop must be in (0, 1], got {crop}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if not value > 0:  # checked before any phantom is written
+            raise ValueError(f"{name} must be > 0, got {value}")
     n_train = n_cases - n_val
     if n_val < 2 or n_train < 2:
         raise ValueError(
@@ -258,6 +266,7 @@ def demo(
             restore_best=False,  # report and save the last epoch, not one picked on validation
             keep_checkpoints=keep_checkpoints,  # False: only run/final (smaller output)
             progress=progress,
+            device=device,
         )
     train_s = time.perf_counter() - t_train
     last = result.history[-1]
@@ -300,7 +309,9 @@ def demo(
         f"  data        {out / 'data'}  (train/: NIfTI, val/: DICOM; masks/, cases.json)\n"
         f"  montage     {montage_path or '- (pip install ct3dzoo[viz] for montages)'}\n"
         f"  saliency    {saliency_path or '- (pip install ct3dzoo[explain,viz])'}\n"
-        f"  model       {model_dir}  (load: ct3dzoo.load('local-dir:{model_dir}'))\n"
+        f"  model       {model_dir}  (load: ct3dzoo.load('{model_dir}'); it carries its "
+        "preprocessing)\n"
+        f"  predict     ct3dzoo predict {model_dir} {val_manifest} --out predictions.csv\n"
         f"  run         {out / 'run'}  "
         f"({'last/, best/, ' if keep_checkpoints else ''}log.jsonl)\n"
         f"  summary     {summary_path}\n"
@@ -331,22 +342,21 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d["lr"])
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
     p.add_argument(
-        "--size", type=int, nargs=3, default=d["size"], metavar=("D", "H", "W"),
-        help="model input size (default %(default)s)",
+        "--shape", type=int, nargs=3, default=d["shape"], metavar=("D", "H", "W"),
+        help="model input shape (default %(default)s)",
     )  # fmt: skip
+    add_deprecated(p, "--size", dest="shape", new="--shape", type=int, nargs=3)
     p.add_argument(
         "--phantom-shape", type=int, nargs=3, default=d["phantom_shape"], metavar=("D", "H", "W"),
         help="size of the written phantoms (default %(default)s)",
     )  # fmt: skip
-    p.add_argument("--window", default=d["window"], help="HU window preset (default lung)")
-    p.add_argument(
-        "--crop", type=float, default=d["crop"],
-        help="in-plane fraction of the field of view kept (default %(default)s)",
-    )  # fmt: skip
-    p.add_argument(
-        "--lung-vessel-hu", type=float, default=d["lung_vessel_hu"],
-        help="contrast of the phantoms' small lung vessels (default %(default)s)",
-    )  # fmt: skip
+    p.add_argument("--windows", default=d["windows"],
+                   help="HU window: a preset or C,W in HU (default lung)")  # fmt: skip
+    add_deprecated(p, "--window", dest="windows", new="--windows")
+    p.add_argument("--crop", type=float, default=d["crop"],
+                   help="in-plane fraction of the field of view kept (default %(default)s)")  # fmt: skip
+    p.add_argument("--lung-vessel-hu", type=float, default=d["lung_vessel_hu"],
+                   help="contrast of the phantoms' small lung vessels (default %(default)s)")  # fmt: skip
     for name in MODEL_OPTIONS:  # defaults and help from ModelOptions, the one place they live
         default = ModelOptions.default(name)
         p.add_argument(
@@ -358,10 +368,10 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="also write the resumable run/last and run/best checkpoints (larger output)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--no-pretrain", action="store_true", help="random init; don't look for Kinetics weights"
-    )
+    p.add_argument("--no-pretrain", action="store_true",
+                   help="random init; don't look for Kinetics weights")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     return p
 
 
@@ -375,9 +385,9 @@ def run_demo(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         lr=args.lr,
         batch_size=args.batch_size,
-        size=tuple(args.size),
+        shape=tuple(args.shape),
         phantom_shape=tuple(args.phantom_shape),
-        window=args.window,
+        windows=args.windows,
         crop=args.crop,
         lung_vessel_hu=args.lung_vessel_hu,
         **{name: getattr(args, name) for name in MODEL_OPTIONS},
@@ -385,5 +395,6 @@ def run_demo(args: argparse.Namespace) -> int:
         keep_checkpoints=args.keep_checkpoints,
         seed=args.seed,
         progress=not args.no_progress,
+        device=args.device,
     )
     return 0

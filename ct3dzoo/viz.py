@@ -105,8 +105,9 @@ def saliency_montage(
     num_slices: int = 12,
     cols: int | None = None,
     title: str | None = None,
-    alpha: float = 0.45,
+    alpha: float = 0.6,
     cmap: str = "jet",
+    contour: Any = None,
     dpi: int = 100,
 ) -> Any:
     """CT slices with a saliency map overlaid in colour.
@@ -116,8 +117,13 @@ def saliency_montage(
         saliency: ``(D, H, W)`` in [0, 1], e.g. ``gradcam(...)[0]`` or
             ``study_saliency(...).saliency``.
         slices: slice indices to show; default: ``num_slices`` evenly spaced over the slices
-            where the map is non-zero (the explained window), first and last included.
-        title: state the HU window and slice window used here; it is printed on top.
+            where the map is non-zero (the explained window), first and last included, and
+            always the slice through the map's maximum (titled "max").
+        title: state the method (``resolve_saliency(...).title``), the HU window and the
+            slice window used here; it is printed on top.
+        alpha: opacity of the map where it is 1; it fades with the value (0: transparent),
+            so low saliency does not tint the anatomy. The colour scale is fixed to [0, 1].
+        contour: optional ``(D, H, W)`` 0/1 mask (e.g. the lesion) drawn as a white outline.
 
     Returns:
         The `matplotlib.figure.Figure` (written to ``path`` as PNG when given).
@@ -131,10 +137,15 @@ def saliency_montage(
         s = s[0]
     if v.shape != s.shape:
         raise ValueError(f"volume {v.shape} and saliency {s.shape} must both be (D, H, W)")
+    c = None if contour is None else _to_numpy(contour).reshape(s.shape)
+    top = int(np.unravel_index(int(np.argmax(s)), s.shape)[0])
     if slices is None:
         nz = np.flatnonzero(s.reshape(s.shape[0], -1).max(1) > 0)
         lo, hi = (int(nz[0]), int(nz[-1])) if len(nz) else (0, s.shape[0] - 1)
-        slices = np.unique(np.linspace(lo, hi, min(num_slices, hi - lo + 1)).round().astype(int))
+        slices = np.linspace(lo, hi, min(num_slices, hi - lo + 1)).round().astype(int)
+        if top not in slices:  # the slice through the maximum replaces its nearest neighbour
+            slices[int(np.argmin(np.abs(slices - top)))] = top
+        slices = np.unique(slices)
     slices = [int(i) for i in slices]
     n = len(slices)
     cols = cols or math.ceil(math.sqrt(n))
@@ -143,8 +154,11 @@ def saliency_montage(
     for k, d in enumerate(slices):
         ax = fig.add_subplot(rows, cols, k + 1)
         ax.imshow(np.clip(v[d], 0, 1), cmap="gray", vmin=0, vmax=1)
-        ax.imshow(np.clip(s[d], 0, 1), cmap=cmap, vmin=0, vmax=1, alpha=alpha)
-        ax.set_title(f"slice {d}", fontsize=7)
+        m = np.clip(s[d], 0, 1)
+        ax.imshow(m, cmap=cmap, vmin=0, vmax=1, alpha=alpha * m)
+        if c is not None and c[d].any():
+            ax.contour(c[d] > 0.5, levels=[0.5], colors="white", linewidths=0.8)
+        ax.set_title(f"slice {d}" + (" (max)" if d == top else ""), fontsize=7)
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)

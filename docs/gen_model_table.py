@@ -71,11 +71,10 @@ def _fmt_size(size: Sequence[int] | None) -> str:
 def model_rows() -> list[dict[str, str]]:
     """One row of strings per registered architecture, sorted by name."""
     import ct3dzoo
-    from ct3dzoo._registry import get_arch
 
     rows = []
     for arch in ct3dzoo.list_models():
-        spec = get_arch(arch)
+        spec = ct3dzoo.get_arch(arch)
         tags = [k.partition(".")[2] for k in ct3dzoo.list_pretrained(f"{arch}.*")]
         cfg = ct3dzoo.get_pretrained_cfg(arch) if tags else None
         native = tuple(cfg.input_size[1:]) if cfg and cfg.input_size else None

@@ -3,19 +3,20 @@
     python examples/paper_protocol.py --rsna /data/rsna-pe --max-studies 200 --out pe-run/
     python examples/paper_protocol.py --out pe-run/                  # synthetic CTPA phantoms
 
-Protocol: each series is windowed with the PE window (centre 400, width 1000 HU), resized
-in-plane to ``--image-size``, and cut into windows of 32 consecutive slices every 24 slices
-(the last window is shifted to end at the last slice). A window is positive when one of its
+Protocol: each series is resized in-plane to ``--image-size``, windowed with the PE window
+(centre 400, width 1000 HU) and cut into windows of 32 consecutive slices every 24 slices
+(the last window shifted to end at the last slice). A window is positive when one of its
 slices shows PE; the model is finetuned on windows, and a **study's score is the max over
-its windows' probabilities**, scored with study-level AUROC.
+its windows' probabilities**, scored with study-level AUROC (``val_study_auroc``).
 
-``--rsna ROOT`` expects the Kaggle layout of the RSNA-STR PE Detection data:
-``ROOT/train.csv`` (StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID,
-pe_present_on_image, ...) and ``ROOT/train/<study>/<series>/<sop>.dcm``. Without it, CT
-pulmonary-angiogram phantoms with a filling defect (embolus) in a pulmonary artery stand in.
-Validation studies are scored whole with `ct3dzoo.predict_study` (every window, max over
-windows, per-slice scores). Writes ``window_scores.csv``, ``study_scores.csv``, the run and
-the model under ``--out``.
+All of it is library API: `ct3dzoo.data.rsna_pe_manifests` turns the Kaggle layout
+(``ROOT/train.csv`` with StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID,
+pe_present_on_image, ...; images in ``ROOT/train/<study>/<series>/<sop>.dcm``) into a study
+manifest and a slice-label CSV; `ct3dzoo.data.CTDataset(slice_windows=, slice_labels=)`
+serves labelled windows; `ct3dzoo.predict_study` scores whole studies. Without ``--rsna``,
+CT pulmonary-angiogram phantoms with a filling defect (embolus) stand in, their slices
+labelled from the lesion masks. Writes ``window_scores.csv``, ``study_scores.csv``, the run
+and the model under ``--out``.
 """
 
 from __future__ import annotations
@@ -24,140 +25,43 @@ import argparse
 import csv
 import json
 import sys
-from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Subset
 
 import ct3dzoo
-from ct3dzoo.data import apply_window, read_dicom_series, read_volume, resample
-from ct3dzoo.data.geometry import slice_window_bounds
+from ct3dzoo.data import CTDataset, read_volume, rsna_pe_manifests, transforms
 from ct3dzoo.errors import WeightsUnavailableError
 
 PE_WINDOW = (400.0, 1000.0)  # [-100, 900] HU
 
 
-class WindowDataset(Dataset):
-    """Slice windows of preprocessed studies (memory-mapped ``.npy``), labelled per window."""
-
-    def __init__(self, items: list[dict[str, Any]]) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        it = self.items[i]
-        vol = np.load(it["npy"], mmap_mode="r")
-        x = torch.from_numpy(np.array(vol[it["start"] : it["stop"]], dtype=np.float32))
-        return {
-            "image": x[None],
-            "label": torch.tensor([it["label"]], dtype=torch.float32),
-            "id": f"{it['study']}:{it['start']}",
-            "group": it["study"],
-        }
-
-
-def windows_of_study(
-    hu: np.ndarray,
-    slice_labels: Sequence[int],
-    *,
-    study: str,
-    cache: Path,
-    image_size: int,
-    num_slices: int,
-    stride: int,
-) -> list[dict[str, Any]]:
-    """Window, resize and cache one study; one item per slice window (label = any slice)."""
-    from ct3dzoo.data import CTVolume
-
-    depth = hu.shape[0]
-    vol = resample(CTVolume(hu, spacing=(1.0, 1.0, 1.0)), shape=(depth, image_size, image_size))
-    x = apply_window(vol.hu, PE_WINDOW).astype(np.float16)
-    if depth < num_slices:  # pad with air (0 after windowing) to one full window
-        x = np.concatenate([x, np.zeros((num_slices - depth, *x.shape[1:]), x.dtype)])
-    npy = cache / f"{study}.npy"
-    np.save(npy, x)
-    labels = list(slice_labels) + [0] * (x.shape[0] - depth)
-    return [
-        {"npy": str(npy), "study": study, "start": a, "stop": b, "label": int(max(labels[a:b]))}
-        for a, b in slice_window_bounds(x.shape[0], num_slices, stride, "shift")
-    ]
-
-
-def rsna_studies(root: Path, max_studies: int | None) -> list[tuple[str, Path, dict[str, int]]]:
-    """``(study, series folder, {SOPInstanceUID: pe_present_on_image})`` from train.csv."""
-    per_series: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
-    with open(root / "train.csv", newline="") as fh:
-        for r in csv.DictReader(fh):
-            key = (r["StudyInstanceUID"], r["SeriesInstanceUID"])
-            per_series[key][r["SOPInstanceUID"]] = int(r["pe_present_on_image"])
-    out = [(s, root / "train" / s / se, lab) for (s, se), lab in sorted(per_series.items())]
-    return out[:max_studies] if max_studies else out
-
-
-def slice_sops(folder: Path) -> list[str]:
-    """SOPInstanceUIDs in the readers' slice order (inferior -> superior along the normal)."""
-    import pydicom
-
-    keyed = []
-    for f in folder.glob("*.dcm"):
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        o = np.asarray(ds.ImageOrientationPatient, dtype=float)
-        normal = np.cross(o[:3], o[3:])
-        normal *= np.sign(normal[2]) or 1.0  # +z: towards the head
-        keyed.append(
-            (float(normal @ np.asarray(ds.ImagePositionPatient, float)), ds.SOPInstanceUID)
-        )
-    return [s for _, s in sorted(keyed)]
-
-
-def rsna_items(root: Path, args: argparse.Namespace, cache: Path) -> list[dict[str, Any]]:
-    items = []
-    for study, folder, sop_labels in rsna_studies(root, args.max_studies):
-        vol = read_dicom_series(folder)
-        labels = [sop_labels.get(s, 0) for s in slice_sops(folder)]
-        if len(labels) != vol.hu.shape[0]:
-            raise SystemExit(f"{folder}: {len(labels)} files for {vol.hu.shape[0]} slices")
-        items += windows_of_study(vol.hu, labels, study=study, cache=cache, **_win_kw(args))
-    return items
-
-
-def phantom_items(args: argparse.Namespace, out: Path, cache: Path) -> list[dict[str, Any]]:
+def phantom_manifests(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
+    """Phantom CTPAs (DICOM) + ``slice_labels.csv`` (``id``, ``slice``, ``pe``: 1 where the
+    embolus mask touches the slice)."""
     from ct3dzoo.phantom import make_phantom_dataset
 
     manifest = make_phantom_dataset(
         out / "phantom", n=args.phantom, seed=args.seed, shape=tuple(args.phantom_shape),
         formats=("dicom",), finding_kind="embolus",
     )  # fmt: skip
-    cases = json.loads((manifest.parent / "cases.json").read_text())
-    items = []
-    for case in cases:
-        vol = read_volume(manifest.parent / "dicom" / case["case"])
-        depth = vol.hu.shape[0]
-        labels = [0] * depth
-        f = case["finding"]
-        if f:  # slices the finding touches
-            half = f["radius_mm"] / case["spacing"][0]
-            lo, hi = int(np.floor(f["centre"][0] - half)), int(np.ceil(f["centre"][0] + half))
-            for d in range(max(lo, 0), min(hi + 1, depth)):
-                labels[d] = 1
-        items += windows_of_study(vol.hu, labels, study=case["group"], cache=cache, **_win_kw(args))
-    return items
-
-
-def _win_kw(args: argparse.Namespace) -> dict[str, int]:
-    return {"image_size": args.image_size, "num_slices": args.num_slices, "stride": args.stride}
+    labels = out / "phantom" / "slice_labels.csv"
+    with open(labels, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "slice", "pe"])
+        for case in json.loads((manifest.parent / "cases.json").read_text()):
+            mask = read_volume(manifest.parent / case["mask"]).hu  # (D, H, W), the CT's grid
+            for d, positive in enumerate(mask.reshape(mask.shape[0], -1).max(axis=1) > 0):
+                w.writerow([case["case"], d, int(positive)])
+    return manifest, labels
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rsna", type=Path, help="RSNA PE root (train.csv, train/); else phantoms")
-    p.add_argument("--max-studies", type=int, help="use the first N series of train.csv")
+    p.add_argument("--max-studies", type=int, help="use the first N studies of train.csv")
     p.add_argument("--phantom", type=int, default=24, help="phantom studies (default 24)")
     p.add_argument("--phantom-shape", type=int, nargs=3, default=(64, 128, 128))
     p.add_argument("--arch", default="x3d_xs")
@@ -172,17 +76,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("pe-run"))
     args = p.parse_args(argv)
-    cache = args.out / "windows"
-    cache.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
 
-    items = (
-        rsna_items(args.rsna, args, cache) if args.rsna else phantom_items(args, args.out, cache)
-    )
-    studies = sorted({it["study"] for it in items})
+    if args.rsna:
+        manifest, slice_labels = rsna_pe_manifests(
+            args.rsna / "train.csv", args.rsna / "train", args.out / "manifests",
+            max_studies=args.max_studies,
+        )  # fmt: skip
+    else:
+        manifest, slice_labels = phantom_manifests(args, args.out)
+    resize = transforms.Resize((None, args.image_size, args.image_size))  # in-plane only
+    data = CTDataset(
+        manifest, slice_windows=(args.num_slices, args.stride), slice_labels=slice_labels,
+        transform=resize, windows=PE_WINDOW, cache_dir=args.out / "cache",
+    )  # fmt: skip
+    studies = sorted({r["group"] for r in data.records})
     rng = np.random.default_rng(args.seed)
     val_studies = set(rng.permutation(studies)[: max(1, round(len(studies) * args.val_fraction))])
-    train = WindowDataset([it for it in items if it["study"] not in val_studies])
-    val = WindowDataset([it for it in items if it["study"] in val_studies])
+    val_idx = [i for i, r in enumerate(data.records) if r["group"] in val_studies]
+    train = Subset(data, [i for i, r in enumerate(data.records) if r["group"] not in val_studies])
+    val = Subset(data, val_idx)
     print(f"{len(studies)} studies -> {len(train)} training / {len(val)} validation windows")
 
     try:
@@ -198,11 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best {result.monitor} {result.best_metric} at epoch {result.best_epoch}")
 
     # whole-study prediction: every window of each validation study, max over windows
-    study_npy = {it["study"]: it["npy"] for it in val.items}
-    study_label: dict[str, int] = defaultdict(int)
-    window_label = {(it["study"], it["start"]): it["label"] for it in val.items}
-    for it in val.items:
-        study_label[it["study"]] = max(study_label[it["study"]], it["label"])
+    window_label = {(data.records[i]["group"], data.records[i]["slices"][0]):
+                    int(data.records[i]["labels"][0]) for i in val_idx}  # fmt: skip
     with (
         open(args.out / "window_scores.csv", "w", newline="") as fw,
         open(args.out / "study_scores.csv", "w", newline="") as fs,
@@ -210,16 +120,21 @@ def main(argv: list[str] | None = None) -> int:
         ww, ws = csv.writer(fw), csv.writer(fs)
         ww.writerow(["study", "start", "stop", "label", "prob"])
         ws.writerow(["study", "label", "prob", "top_slice"])
-        for study, npy in sorted(study_npy.items()):
-            x = np.load(npy, mmap_mode="r").astype(np.float32)  # windowed [0, 1], (D, H, W)
+        for study in data.studies:
+            if study["id"] not in val_studies:
+                continue
+            hu = read_volume(study["path"], series_uid=study.get("series_uid")).hu
+            x = resize(torch.from_numpy(hu)[None])[0]  # HU (D, H, W), resized in-plane
             res = ct3dzoo.predict_study(
                 model, x, window=args.num_slices, stride=args.stride, reduce="max",
-                batch_size=args.batch_size,
+                windows=PE_WINDOW, batch_size=args.batch_size,
             )  # fmt: skip
+            labels = []
             for (a, b), prob in zip(res.window_ranges, res.window_scores[:, 0].tolist()):
-                ww.writerow([study, a, b, window_label.get((study, a), ""), f"{prob:.6f}"])
+                labels.append(window_label[(study["id"], a)])
+                ww.writerow([study["id"], a, b, labels[-1], f"{prob:.6f}"])
             top = int(res.slice_scores[:, 0].argmax())
-            ws.writerow([study, study_label[study], f"{float(res.score[0]):.6f}", top])
+            ws.writerow([study["id"], max(labels), f"{float(res.score[0]):.6f}", top])
     model.save_pretrained(str(args.out / "model"))
     print(f"study scores (max over windows) -> {args.out / 'study_scores.csv'}")
     return 0

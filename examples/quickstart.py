@@ -20,7 +20,7 @@ from ct3dzoo.demo import DEFAULTS, demo
 from ct3dzoo.errors import WeightsUnavailableError
 from ct3dzoo.phantom import make_phantom_dataset
 
-TINY = {"n_cases": 12, "n_val": 4, "epochs": 1, "size": (8, 32, 32), "phantom_shape": (16, 64, 64)}
+TINY = {"n_cases": 12, "n_val": 4, "epochs": 1, "shape": (8, 32, 32), "phantom_shape": (16, 64, 64)}
 
 
 def story(out: Path, arch: str, size: tuple[int, int, int], pretrain: str | None) -> torch.Tensor:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pretrain", action="store_true", help="random weights")
     args = p.parse_args(argv)
     pretrain = None if args.no_pretrain else "kinetics"
-    size = TINY["size"] if args.tiny else DEFAULTS["size"]
+    size = TINY["shape"] if args.tiny else DEFAULTS["shape"]
     story(args.out / "story", args.story_arch, size, pretrain)
     summary = demo(
         out_dir=args.out / "demo", arch=args.arch, pretrain=pretrain, progress=not args.tiny,

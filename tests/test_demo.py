@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -19,7 +20,7 @@ TINY: dict[str, Any] = {
     "n_cases": 12,
     "n_val": 4,
     "epochs": 1,
-    "size": (8, 32, 32),
+    "shape": (8, 32, 32),
     "phantom_shape": (8, 43, 43),
     "batch_size": 4,
     "crop": 0.75,
@@ -99,10 +100,25 @@ def test_demo_saved_model_reloads(tiny_run: tuple[dict[str, Any], str]) -> None:
     s, _ = tiny_run
     model = ct3dzoo.load(f"local-dir:{s['model_dir']}").eval()
     assert model.num_classes == 1 and model.in_chans == 1
-    x = torch.rand(2, 1, *TINY["size"])
+    x = torch.rand(2, 1, *TINY["shape"])
     with torch.no_grad():
         y = model(x)
     assert y.shape == (2, 1) and torch.isfinite(y).all()
+
+
+def test_demo_model_predicts_its_own_validation(tiny_run, tmp_path: Path) -> None:
+    """The issue's round trip: `ct3dzoo predict run/final data/val/manifest_dicom.csv`
+    gives the demo's validation scores and AUROC (the model carries its preprocessing)."""
+    s, _ = tiny_run
+    final = Path(s["model_dir"])
+    out = tmp_path / "p.csv"
+    assert cli.main(["predict", str(final), str(s["val_manifest"]), "--out", str(out)]) == 0
+    got = {r["group"]: float(r["score_label"]) for r in csv.DictReader(out.open())}
+    want = {r["group"]: float(r["score_label"])
+            for r in csv.DictReader((final / "validation_scores.csv").open())}  # fmt: skip
+    assert got.keys() == want.keys() and max(abs(got[k] - want[k]) for k in want) <= 1e-5
+    auroc = json.loads((tmp_path / "p.metrics.json").read_text())["auroc"]
+    assert auroc == pytest.approx(s["val_auroc"], abs=1e-6)
 
 
 def test_demo_is_deterministic(tiny_run: tuple[dict[str, Any], str], tmp_path: Path) -> None:
@@ -116,15 +132,18 @@ def test_cli_demo_parses_and_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
     monkeypatch.setattr("ct3dzoo.demo.demo", lambda **kw: seen.update(kw) or {})
     rc = cli.main(
-        ["demo", "--out", "x", "--cases", "10", "--epochs", "2", "--size", "8", "32", "32",
+        ["demo", "--out", "x", "--cases", "10", "--epochs", "2", "--shape", "8", "32", "32",
          "--no-pretrain", "--no-progress", "--seed", "3", "--head", "attention",
          "--drop-rate", "0.1"]
     )  # fmt: skip
     assert rc == 0
     assert seen["out_dir"] == "x" and seen["n_cases"] == 10 and seen["epochs"] == 2
-    assert seen["size"] == (8, 32, 32) and seen["pretrain"] is None and seen["seed"] == 3
+    assert seen["shape"] == (8, 32, 32) and seen["pretrain"] is None and seen["seed"] == 3
     assert seen["progress"] is False
     assert seen["head"] == "attention" and seen["drop_rate"] == 0.1
+    with pytest.warns(FutureWarning, match="--size is deprecated"):  # the old spelling
+        assert cli.main(["demo", "--size", "4", "8", "8", "--window", "pe"]) == 0
+    assert seen["shape"] == (4, 8, 8) and seen["windows"] == "pe"
 
 
 def test_cli_demo_model_options_default_from_model_options() -> None:

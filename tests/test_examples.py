@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 from collections import defaultdict
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -114,19 +115,19 @@ def test_paper_protocol_study_score_is_max_over_windows(tmp_path: Path) -> None:
         )
 
 
-def test_paper_protocol_window_labels(tmp_path: Path) -> None:
+def test_paper_protocol_slice_labels_from_masks(tmp_path: Path) -> None:
     mod = _example("paper_protocol")
-    hu = np.full((20, 16, 16), -800.0, dtype=np.float32)
-    labels = [0] * 20
-    labels[15] = 1
-    items = mod.windows_of_study(
-        hu, labels, study="s", cache=tmp_path, image_size=8, num_slices=8, stride=6
-    )
-    assert [(i["start"], i["stop"], i["label"]) for i in items] == [
-        (0, 8, 0), (6, 14, 0), (12, 20, 1),
-    ]  # fmt: skip
-    x = np.load(tmp_path / "s.npy")
-    assert x.shape == (20, 8, 8) and float(x.max()) == 0.0  # -800 HU is below the PE window
+    args = SimpleNamespace(phantom=4, seed=0, phantom_shape=(24, 64, 64))
+    _, labels = mod.phantom_manifests(args, tmp_path)
+    rows = _rows(labels)
+    for case in json.loads((tmp_path / "phantom" / "cases.json").read_text()):
+        pe = [int(r["pe"]) for r in rows if r["id"] == case["case"]]
+        assert len(pe) == 24 and max(pe) == case["label"]
+        if case["finding"]:  # positive slices: around the embolus centre, within its radius
+            centre = case["finding"]["centre"][0]
+            reach = case["finding"]["radius_mm"] / case["spacing"][0] + 1
+            assert pe[round(centre)] == 1
+            assert all(abs(d - centre) <= reach for d in np.flatnonzero(pe))
 
 
 def test_compare_pretraining(
@@ -138,7 +139,8 @@ def test_compare_pretraining(
     args = ["--phantom", "9", *TINY_SIZE, "--sizes", "2", "6", "--epochs", "1"]
     args += ["--batch-size", "2", "--out", str(tmp_path)]
     args += ["--pairs", "r3d_18:kinetics", "medicalnet_resnet10:medicalnet", "r3d_18:none"]
-    assert _example("compare_pretraining").main(args) == 0
+    with pytest.warns(UserWarning, match="intervals and p-values are unreliable"):
+        assert _example("compare_pretraining").main(args) == 0
     out = capsys.readouterr().out
     assert "medicalnet_resnet10:medicalnet: weights unavailable, training from RANDOM" in out
     rows = _rows(tmp_path / "results.csv")
@@ -150,6 +152,19 @@ def test_compare_pretraining(
     assert [r["weights"] for r in rows] == ["random init (unavailable)"] * 4 + ["random init"] * 2
     assert all(0.0 <= float(r["auroc"]) <= 1.0 for r in rows)  # 3 val studies, both classes
     assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    # per size, each source's AUROC with its interval, and paired tests between sources
+    summary = _rows(tmp_path / "summary.csv")
+    assert [(r["source"], int(r["n_train"])) for r in summary][:3] == [
+        ("r3d_18:kinetics", 2), ("medicalnet_resnet10:medicalnet", 2), ("r3d_18:none", 2),
+    ]  # fmt: skip
+    for r in summary:
+        assert float(r["auroc_ci_low"]) <= float(r["auroc"]) <= float(r["auroc_ci_high"])
+    # the same arch from the same seeded random init (kinetics unavailable) is the same model
+    tests = {(r["a"], r["b"], r["n_train"]): r for r in _rows(tmp_path / "comparisons.csv")}
+    assert len(tests) == 6
+    same = tests[("r3d_18:kinetics", "r3d_18:none", "6")]
+    assert float(same["auroc_diff"]) == 0.0 and float(same["p_value"]) == 1.0
+    assert "NOTE: only" in out  # 3 validation studies: the intervals say they are unreliable
     with pytest.raises(ct3dzoo.errors.WeightsUnavailableError):
         _example("compare_pretraining").main([*args, "--strict", "--sizes", "2"])
 

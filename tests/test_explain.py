@@ -30,6 +30,7 @@ def _model(arch: str, **kw) -> ct3dzoo.CTModel:
 
 
 @pytest.mark.parametrize("arch", ALL)
+@pytest.mark.filterwarnings("ignore::ct3dzoo.errors.SaliencyWarning")  # one target may be flat
 def test_gradcam_every_arch(arch):
     model = _model(arch, num_classes=2)
     x = _blob().repeat(2, 1, 1, 1, 1)
@@ -86,22 +87,26 @@ def test_study_saliency_windows_scores_and_map():
     g = torch.Generator().manual_seed(0)
     vol = 0.2 + 0.1 * torch.rand(40, 64, 64, generator=g)
     vol[28:36, 20:30, 30:40] = 0.9
-    res = study_saliency(model, vol, window=16, stride=8)
-    assert res.starts == (0, 8, 16, 24)
+    # one backward pass (the default, integrated gradients, takes 32; the CLI test runs it)
+    res = study_saliency(model, vol, num_slices=16, stride=8, method="input_x_gradient")
+    assert res.starts == (0, 8, 16, 24) and res.method == "input_x_gradient"
     with torch.no_grad():  # each score is the model's logit on that window
         want = [float(model(vol[None, None, s : s + 16])[0, 0]) for s in res.starts]
     np.testing.assert_allclose(res.scores, want, rtol=1e-4, atol=1e-5)
     k = int(np.argmax(want))
-    assert res.best == (res.starts[k], res.starts[k] + 16) and res.score == max(res.scores)
+    assert res.best == (res.starts[k], res.starts[k] + 16) and res.logit == max(res.scores)
+    assert res.score == pytest.approx(float(torch.sigmoid(torch.tensor(max(want)))), abs=1e-6)
     assert res.slice_scores.shape == (40,) and res.saliency.shape == (40, 64, 64)
     s0, s1 = res.best
     assert res.saliency[:s0].max() == 0 and res.saliency[s1:].max() == 0
     assert 0 < res.saliency[s0:s1].max() <= 1
-    assert res.slice_scores[s0:s1].min() == pytest.approx(res.score)
+    assert res.slice_scores[s0:s1].min() == pytest.approx(res.logit)
     covering = [max(sc for st, sc in zip(res.starts, res.scores) if st <= 5 < st + 16)]
     assert res.slice_scores[5] == pytest.approx(covering[0])
-    with pytest.raises(ValueError, match="fewer than window"):
-        study_saliency(model, vol[:8], window=16)
+    short = study_saliency(model, vol[:8], num_slices=16, method="input_x_gradient")  # padded
+    assert short.starts == (0,) and short.best == (0, 8) and short.saliency.shape == (8, 64, 64)
+    with pytest.raises(ValueError, match="target=3 is not an output"):
+        study_saliency(model, vol, num_slices=16, target=3)
 
 
 def test_explain_command_writes_montage_curve_and_summary(tmp_path):
@@ -115,11 +120,15 @@ def test_explain_command_writes_montage_curve_and_summary(tmp_path):
     nib.save(nib.Nifti1Image(hu, np.diag([-1.0, -1.0, 2.0, 1.0])), str(path))
     out = tmp_path / "out"
     rc = main(["explain", "r3d_18", str(path), "--out", str(out), "--pretrain", "none",
-               "--slices", "16", "--stride", "8", "--image-size", "48"])  # fmt: skip
+               "--num-slices", "16", "--stride", "8", "--shape", "0", "48", "48"])  # fmt: skip
     assert rc == 0
     summary = json.loads((out / "saliency.json").read_text())
     assert summary["window_starts"] == [0, 8, 16, 24]
     s0, s1 = summary["best_window"]
     assert s1 - s0 == 16 and summary["score"] == max(summary["window_scores"])
+    assert summary["logit"] == max(summary["window_logits"])
+    sal = ct3dzoo.data.read_nifti(out / "saliency.nii.gz")  # on the study's own grid
+    study = ct3dzoo.data.read_volume(path)
+    assert sal.shape == study.shape and np.allclose(sal.affine, study.affine)
     for f in ("saliency_montage.png", "slice_scores.png"):
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

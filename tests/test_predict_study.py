@@ -53,7 +53,7 @@ def test_windows_scores_and_slice_scores(batch_size: int) -> None:
     assert mean.score[0] == pytest.approx(np.mean(want), rel=1e-5)
 
 
-def test_short_study_is_padded_with_air_and_hu_needs_windows() -> None:
+def test_short_study_is_padded_with_air_and_hu_gets_the_default_window() -> None:
     vol = ramp(10).astype(np.float32)
     res = ct3dzoo.predict_study(MeanLogit(), torch.from_numpy(vol)[None])  # (C, D, H, W)
     assert res.window_ranges == [(0, 10)]
@@ -61,16 +61,16 @@ def test_short_study_is_padded_with_air_and_hu_needs_windows() -> None:
     assert res.slice_scores.shape == (10, 1)
 
     hu = CTVolume(np.linspace(-1000, 1500, 40 * 20).reshape(40, 4, 5).astype(np.float32))
-    with pytest.raises(ValueError, match="pass windows="):
-        ct3dzoo.predict_study(MeanLogit(), hu)
+    default = ct3dzoo.predict_study(MeanLogit(), hu)  # no record, no weights: the pe window
     a = ct3dzoo.predict_study(MeanLogit(), hu, windows="pe")
+    np.testing.assert_array_equal(default.window_scores, a.window_scores)
     b = ct3dzoo.predict_study(MeanLogit(), apply_window(hu.hu, "pe"))
     np.testing.assert_array_equal(a.window_scores, b.window_scores)
 
 
 @pytest.mark.parametrize(
     "kw, words",
-    [({"window": 0}, "must be >= 1"), ({"stride": 0}, "must be >= 1"),
+    [({"num_slices": 0}, "must be >= 1"), ({"stride": 0}, "must be >= 1"),
      ({"reduce": "median"}, "reduce must be")],
 )  # fmt: skip
 def test_bad_arguments(kw: dict, words: str) -> None:
@@ -82,7 +82,8 @@ def test_real_model_matches_manual_windows() -> None:
     torch.manual_seed(0)
     model = ct3dzoo.load("r3d_18", pretrain=None, num_classes=1).eval()
     x = torch.rand(1, 40, 32, 32)
-    res = ct3dzoo.predict_study(model, x, window=16, stride=12, batch_size=2)
+    with pytest.warns(FutureWarning, match="window= is deprecated"):
+        res = ct3dzoo.predict_study(model, x, window=16, stride=12, batch_size=2)
     assert res.window_ranges == [(0, 16), (12, 28), (24, 40)]
     with torch.no_grad():
         manual = torch.sigmoid(model(torch.stack([x[:, a:b] for a, b in res.window_ranges])))
@@ -105,16 +106,17 @@ def test_cli_writes_one_row_per_study(tmp_path: Path, capsys: pytest.CaptureFixt
     add_predict_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "scores.csv"
     argv = ["predict", str(tmp_path / "model"), *map(str, paths), str(tmp_path / "gone.nii.gz"),
-            "--out", str(out), "--num-slices", "8", "--stride", "6", "--size", "16", "16"]  # fmt: skip
+            "--out", str(out), "--num-slices", "8", "--stride", "6", "--shape", "0", "16", "16"]  # fmt: skip
     assert run_predict(parser.parse_args(argv)) == 1  # the missing study
     rows = list(csv.DictReader(out.read_text().splitlines()))
     assert [r["id"] for r in rows] == ["case0", "case1", "gone"]
     assert "No such file" in rows[2]["error"] and rows[0]["error"] == ""
     vol = ct3dzoo.data.read_volume(paths[0])
     vol = ct3dzoo.data.resample(vol, shape=(20, 16, 16))
-    ref = ct3dzoo.predict_study(model, vol, window=8, stride=6, windows="pe")
-    assert float(rows[0]["score"]) == pytest.approx(float(ref.score[0]), abs=2e-6)
+    ref = ct3dzoo.predict_study(model, vol, num_slices=8, stride=6, windows="pe")
+    assert float(rows[0]["score_0"]) == pytest.approx(float(ref.score[0]), abs=2e-6)
+    assert float(rows[0]["logit_0"]) == pytest.approx(float(ref.logit[0]), abs=2e-6)
     assert int(rows[0]["windows"]) == len(ref.window_ranges) == 3
     assert int(rows[1]["slices"]) == 9 and int(rows[1]["windows"]) == 2
-    with pytest.raises(SystemExit, match="neither a save_pretrained folder"):
-        run_predict(parser.parse_args(["predict", "r3d_18", str(paths[0]), "--out", str(out)]))
+    with pytest.raises(SystemExit, match="is one of the inputs"):
+        run_predict(parser.parse_args(["predict", "r3d_18", str(paths[0]), "--out", str(paths[0])]))

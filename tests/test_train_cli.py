@@ -37,12 +37,12 @@ def _manifest(tmp_path: Path, name: str, n: int, seed: int) -> Path:
 
 
 def test_parser_defaults_and_func() -> None:
-    args = _parser().parse_args(["finetune", "t.csv", "--arch", "r3d_18", "--out", "o"])
+    args = _parser().parse_args(["finetune", "t.csv", "--model", "r3d_18", "--out", "o"])
     assert args.func is cli.run_finetune
     assert (args.epochs, args.lr, args.batch_size, args.precision) == (10, 1e-4, 2, "auto")
     assert args.windows == ["pe"] and args.freeze == "none" and args.channels_last is None
     args = _parser().parse_args(
-        ["finetune", "t.csv", "--arch", "a", "--out", "o", "--no-channels-last", "--resume",
+        ["finetune", "t.csv", "--model", "a", "--out", "o", "--no-channels-last", "--resume",
          "--windows", "lung", "pe", "--shape", "32", "224", "224", "--freeze", "backbone"]
     )  # fmt: skip
     assert args.channels_last is False and args.resume and args.shape == [32, 224, 224]
@@ -52,7 +52,7 @@ def test_cli_finetunes_a_manifest(tmp_path: Path, monkeypatch, capsys) -> None:
     train, val = _manifest(tmp_path, "t", 16, 0), _manifest(tmp_path, "v", 8, 1)
     monkeypatch.setattr(cli, "_build_model", lambda args, num_classes: make_model(num_classes))
     out = tmp_path / "run"
-    argv = ["finetune", str(train), "--val", str(val), "--arch", "tiny", "--out", str(out),
+    argv = ["finetune", str(train), "--val", str(val), "--model", "tiny", "--out", str(out),
             "--epochs", "2", "--lr", "1e-2", "--batch-size", "4", "--no-progress",
             "--checkpoint-every", "2"]  # fmt: skip
     args = _parser().parse_args(argv)
@@ -71,13 +71,13 @@ def test_cli_reports_errors(tmp_path: Path, monkeypatch, capsys) -> None:
     train = _manifest(tmp_path, "t", 4, 0)
     monkeypatch.setattr(cli, "_build_model", lambda args, num_classes: make_model(3))
     args = _parser().parse_args(
-        ["finetune", str(train), "--arch", "tiny", "--out", str(tmp_path / "o"),
+        ["finetune", str(train), "--model", "tiny", "--out", str(tmp_path / "o"),
          "--task", "multilabel"]
     )  # fmt: skip
     assert args.func(args) == 1
     assert "num_classes=3" in capsys.readouterr().err
     args = _parser().parse_args(
-        ["finetune", str(tmp_path / "missing.csv"), "--arch", "x", "--out", str(tmp_path)]
+        ["finetune", str(tmp_path / "missing.csv"), "--model", "x", "--out", str(tmp_path)]
     )
     assert args.func(args) == 1
     assert "missing.csv" in capsys.readouterr().err
@@ -93,7 +93,7 @@ def test_cli_with_a_zoo_model(tmp_path: Path, capsys) -> None:
     train, val = _manifest(tmp_path, "t", 4, 0), _manifest(tmp_path, "v", 4, 1)
     out = tmp_path / "x3d"
     args = _parser().parse_args(
-        ["finetune", str(train), "--val", str(val), "--arch", "x3d_xs", "--pretrain", "none",
+        ["finetune", str(train), "--val", str(val), "--model", "x3d_xs", "--pretrain", "none",
          "--out", str(out), "--shape", "8", "32", "32", "--epochs", "1", "--batch-size", "2",
          "--freeze", "stem", "--no-progress"]
     )  # fmt: skip
@@ -113,7 +113,7 @@ def test_flags_derive_from_finetune_config() -> None:
     from ct3dzoo.train import FinetuneConfig
 
     parser = _parser()
-    args = parser.parse_args(["finetune", "t.csv", "--arch", "a", "--out", "o"])
+    args = parser.parse_args(["finetune", "t.csv", "--model", "a", "--out", "o"])
     sub = parser._subparsers._group_actions[0].choices["finetune"]  # the finetune parser
     actions = {a.dest: a for a in sub._actions}
     for f in fields(FinetuneConfig):
@@ -126,7 +126,7 @@ def test_flags_derive_from_finetune_config() -> None:
             assert getattr(args, f.name) == f.default, f.name
     assert args.out_dir == "o" and actions["out_dir"].required
     args = parser.parse_args(
-        ["finetune", "t.csv", "--arch", "a", "--out-dir", "o", "--accum", "3", "--workers", "2",
+        ["finetune", "t.csv", "--model", "a", "--out-dir", "o", "--accum", "3", "--workers", "2",
          "--no-progress", "--balanced", "--min-lr-ratio", "0.1", "--pos-weight", "2", "3",
          "--no-restore-best", "--task", "multilabel"]
     )  # fmt: skip
@@ -134,7 +134,7 @@ def test_flags_derive_from_finetune_config() -> None:
     assert args.balanced_sampling and args.min_lr_ratio == 0.1 and args.pos_weight == [2.0, 3.0]
     assert args.restore_best is False and args.task == "multilabel"
     with pytest.raises(SystemExit):
-        parser.parse_args(["finetune", "t.csv", "--arch", "a", "--out", "o", "--freeze", "x"])
+        parser.parse_args(["finetune", "t.csv", "--model", "a", "--out", "o", "--freeze", "x"])
 
 
 def test_docs_table_defaults_match_finetune_config() -> None:

@@ -1,7 +1,9 @@
-"""Looking inside a model: Grad-CAM saliency on volumes, for every architecture, and the
+"""Looking inside a model: saliency maps on volumes, for every architecture, and the
 study-level view (which slice window drove the prediction).
 
-Grad-CAM itself is ``pytorch-grad-cam``'s (``pip install 'ct3dzoo[explain]'``; 3D since 1.5).
+:func:`saliency` is the entry point: integrated gradients at the input resolution by default
+(captum), or Grad-CAM / LayerCAM on stages large enough to resolve (pytorch-grad-cam); both
+come with ``pip install 'ct3dzoo[explain]'``. Grad-CAM itself is ``pytorch-grad-cam``'s (``pip install 'ct3dzoo[explain]'``; 3D since 1.5).
 ct3dzoo adds what it lacks for this zoo, and only that:
 
 - the default target layer for every arch, read from the family's stage declaration (the
@@ -16,7 +18,16 @@ ct3dzoo adds what it lacks for this zoo, and only that:
 - :func:`study_saliency`: sliding slice windows over a whole study.
 """
 
+from .attribution import METHODS, SaliencyMethod, resolve_saliency, saliency
 from .gradcam import gradcam
 from .study import StudySaliency, study_saliency
 
-__all__ = ["StudySaliency", "gradcam", "study_saliency"]
+__all__ = [
+    "METHODS",
+    "SaliencyMethod",
+    "StudySaliency",
+    "gradcam",
+    "resolve_saliency",
+    "saliency",
+    "study_saliency",
+]

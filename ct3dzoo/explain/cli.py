@@ -1,92 +1,119 @@
-"""``ct3dzoo explain MODEL STUDY --out DIR``: Grad-CAM over a whole study.
+"""``ct3dzoo explain MODEL STUDY --out DIR``: saliency over a whole study.
 
-MODEL is an architecture name (``--pretrain``: its default weights, a tag, a checkpoint
-path, or ``none`` for random init) or a ``local-dir:``/``hf-hub:`` reference; STUDY is a
-DICOM folder, NIfTI or ``.npy``/``.npz`` file. The study is windowed (``--hu-window``),
-resized in-plane to ``--image-size`` and scored in ``--slices``-slice windows; the best one
-is explained. Writes ``saliency_montage.png``, ``slice_scores.png`` and ``saliency.json``.
+MODEL is any model reference (a finetuned folder, ``local-dir:``/``hf-hub:``, or an
+architecture name with ``--pretrain`` weights and a new head); STUDY is a DICOM folder, NIfTI
+or ``.npy``/``.npz`` file. The study is read and preprocessed as the model was trained (its
+``preprocessor_config.json``; flags override it), scored in slice windows, and the best window
+is explained. Writes ``saliency.nii.gz`` (the map on the study's own grid, with its geometry),
+``saliency_montage.png``, ``slice_scores.png`` and ``saliency.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
-from .._factory import load
+from .._cli_args import (
+    add_deprecated,
+    add_device,
+    add_model_reference,
+    add_preprocessing_flags,
+    preprocessing_overrides,
+)
 from .._io.atomic import atomic_write_text
-from .._registry import get_arch
-from ..data import apply_window, read_volume, resolve_window
+from .._references import load_reference
+from ..data.io import write_nifti
+from ..data.model_input import resolve_preprocessing
 from ..viz import saliency_montage, slice_curve
+from .attribution import METHODS
 from .study import study_saliency
 
 __all__ = ["add_explain_parser", "run_explain"]
 
+#: in-plane size for an architecture name without a training record (no --shape)
+ARCH_DEFAULT_SHAPE = (0, 128, 128)
+
 
 def add_explain_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("explain", help="Grad-CAM saliency over a CT study (PNG + JSON)")
-    p.add_argument("model", metavar="MODEL", help="arch name, local-dir:PATH or hf-hub:ORG/NAME")
+    p = sub.add_parser(
+        "explain",
+        help="saliency over a CT study: NIfTI on the study's grid, montage, per-slice curve",
+        description=__doc__.splitlines()[0],
+        epilog="example:\n  ct3dzoo explain runs/r3d/final study/ --out explained/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_reference(p)
     p.add_argument("study", metavar="STUDY", help="DICOM folder, NIfTI, .npy/.npz")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the outputs")
-    p.add_argument(
-        "--pretrain", default="default",
-        help="for an arch name: 'default' (its default weights), a tag, a path, or 'none'",
-    )  # fmt: skip
-    p.add_argument("--num-classes", type=int, default=1, help="classes of a new head (arch)")
-    p.add_argument("--hu-window", default="pe", help="window preset or CENTER,WIDTH in HU")
-    p.add_argument("--slices", type=int, default=32, help="slices per window (default 32)")
-    p.add_argument("--stride", type=int, default=24, help="window step in slices (default 24)")
-    p.add_argument("--image-size", type=int, default=128, help="in-plane size H = W (default 128)")
-    p.add_argument("--target", type=int, default=None, help="class to explain (default: best)")
+    add_preprocessing_flags(p)
+    p.add_argument("--target", type=int, default=None, help="output to explain (default: best)")
+    p.add_argument("--method", choices=sorted(METHODS),
+                   help="saliency method (default: integrated_gradients; see docs/looking_inside.md)")  # fmt: skip
+    add_device(p)
+    add_deprecated(p, "--hu-window", dest="windows", new="--windows", convert=lambda v: [v])
+    add_deprecated(p, "--slices", dest="num_slices", new="--num-slices", type=int)
+    add_deprecated(p, "--image-size", dest="shape", new="--shape 0 N N", type=int,
+                   convert=lambda n: [0, n, n])  # fmt: skip
     return p
 
 
-def _window(spec: str) -> Any:
-    if "," in spec:
-        c, w = (float(v) for v in spec.split(","))
-        return (c, w)
-    return spec
-
-
 def run_explain(args: argparse.Namespace) -> int:
-    size = (args.image_size, args.image_size)
-    if args.model.startswith(("local-dir:", "hf-hub:")):
-        model = load(args.model)
-    else:
-        pretrain = {"default": "kinetics", "none": None}.get(args.pretrain, args.pretrain)
-        if pretrain == "kinetics":
-            pretrain = get_arch(args.model.split(".")[0]).pretrain_aliases[0]
-        model = load(
-            args.model, pretrain=pretrain, num_classes=args.num_classes,
-            num_slices=args.slices, image_size=size,
-        )  # fmt: skip
-    vol = read_volume(args.study)
-    window = _window(args.hu_window)
-    x = torch.from_numpy(apply_window(vol.hu, window)).float()
-    x = F.interpolate(x[None, None], size=(x.shape[0], *size), mode="trilinear")[0, 0]
-    res = study_saliency(model, x, window=args.slices, stride=args.stride, target=args.target)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = preprocessing_overrides(args)
+    shape = overrides.get("shape") or ARCH_DEFAULT_SHAPE
+    sizes = {"num_slices": overrides.get("num_slices", 32), "image_size": tuple(shape[1:])}
+    model = load_reference(
+        args.model, pretrain=args.pretrain, num_classes=args.num_classes, progress=False, **sizes
+    )  # fmt: skip  (sizes: arch names only)
+    if model.preprocessing is None and "shape" not in overrides:
+        overrides["shape"] = ARCH_DEFAULT_SHAPE
+    n_out = int(model.num_classes)
+    if args.target is not None and not 0 <= args.target < n_out:
+        raise ValueError(
+            f"--target {args.target}: the model has {n_out} output(s), 0 to {n_out - 1}"
+        )
+    model = model.to(device)
+    pp, changes = resolve_preprocessing(model, **overrides)
+    for line in changes:
+        print(f"note: differs from training: {line}", file=sys.stderr)
+    res = study_saliency(model, args.study, preprocessing=pp, target=args.target,
+                         method=args.method, batch_size=args.batch_size)  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    c, w = resolve_window(window)
     s0, s1 = res.best
-    title = (
-        f"{args.model}: Grad-CAM, class {res.target}, slices {s0}-{s1 - 1} of {x.shape[0]} "
-        f"(score {res.score:.3f}); HU window {args.hu_window} (C {c:g}, W {w:g})"
+    depth = res.input.shape[1]
+    map_shape = "x".join(map(str, res.input_saliency.shape))
+    name = Path(args.model).name if Path(args.model).exists() else args.model
+    title = (  # two lines: a long model path must not push the figures out of the title
+        f"{name}: output {res.target}, slices {s0}-{s1 - 1} of {depth}, p {res.score:.3f} "
+        f"(logit {res.logit:.2f}); input {map_shape}\n{res.method_title or res.method}"
     )
-    saliency_montage(x, res.saliency, path=out / "saliency_montage.png", title=title)
-    slice_curve(res.slice_scores, best=res.best, path=out / "slice_scores.png",
-                title=f"{args.model}: max window score per slice")  # fmt: skip
+    saliency_montage(res.input, res.input_saliency, path=out / "saliency_montage.png", title=title)
+    files = ["saliency_montage.png", "saliency.json"]
+    if len(res.starts) > 1:  # one window: every slice has the same score, nothing to plot
+        slice_curve(res.slice_scores, best=res.best, path=out / "slice_scores.png",
+                    title=f"{name}: max window logit per slice")  # fmt: skip
+        files.insert(1, "slice_scores.png")
+    else:
+        print("one slice window covers the study: no per-slice curve (slice_scores.png)")
+    if res.volume is not None:
+        write_nifti(res.saliency, res.volume, out / "saliency.nii.gz")
+        files.insert(0, "saliency.nii.gz")
     summary = {
         "model": args.model, "study": str(args.study), "target": res.target,
-        "window_slices": args.slices, "stride": args.stride, "image_size": list(size),
-        "hu_window": [c, w], "best_window": list(res.best), "score": res.score,
-        "window_starts": list(res.starts), "window_scores": list(res.scores),
+        "method": res.method, "num_slices": res.num_slices, "best_window": list(res.best),
+        "score": res.score, "logit": res.logit, "window_starts": list(res.starts),
+        "window_logits": list(res.scores), "window_scores": list(res.probabilities),
+        "study_shape": None if res.volume is None else list(res.volume.shape),
+        "input_shape": list(res.input.shape), "preprocessing": pp.to_dict(),
+        "differs_from_training": changes,
     }  # fmt: skip
     atomic_write_text(out / "saliency.json", json.dumps(summary, indent=2) + "\n")
-    for f in ("saliency_montage.png", "slice_scores.png", "saliency.json"):
+    for f in files:
         print(out / f)
     return 0

@@ -21,6 +21,7 @@ from .distributed import setup_distributed
 from .inference import _check_dataset
 from .loop import _Trainer
 from .metrics import single_class_columns
+from .record import training_preprocessing
 from .state import FinetuneResult
 
 __all__ = ["FinetuneResult", "finetune"]
@@ -54,9 +55,15 @@ def finetune(
 
     The model is trained in place (and moved to the training device); ``out_dir`` receives
     ``last/``, ``best/``, ``log.jsonl`` and, when the model has ``save_pretrained``,
-    ``final/``. ``resume=True`` continues from ``last/``; with a larger ``epochs`` than the
-    checkpoint's run it trains on to the new total, the cosine schedule rebuilt for the new
-    total and continued from the current optimiser step. A validation set with one class
+    ``final/``. A ct3dzoo model gets ``model.preprocessing``: the evaluation pipeline of the
+    data (``CTDataset.preprocessing``: reading, resampling, crops, HU windows), the label
+    names and the task, plus the validation figures of the saved weights; every saved folder
+    holds it as ``preprocessor_config.json`` (``final/`` also ``validation_scores.csv``, one row
+    per validation study), so ``ct3dzoo.load`` + ``ct3dzoo predict`` reproduce the validation.
+
+    ``resume=True`` continues from ``last/``; with a larger ``epochs`` than the checkpoint's
+    run it trains on to the new total, the cosine schedule rebuilt for the new total and
+    continued from the current optimiser step. A validation set with one class
     only makes AUROC undefined: a warning at the start, and the default monitor becomes
     ``val_loss``; ``result.monitor`` says which key was used and ``result.monitor_note`` why.
 
@@ -85,6 +92,10 @@ def finetune(
             "apply to segmentation masks (leave it False)"
         )
     monitor, note = _choose_monitor(cfg, val_data, task, num_classes)
+    if hasattr(model, "save_pretrained"):  # the record every saved folder carries
+        model.preprocessing = training_preprocessing(
+            train_data, val_data, task=task, label_names=cfg.label_names
+        )
     ctx = setup_distributed(cfg.device)
     trainer = _Trainer(
         model, train_data, val_data, cfg, ctx=ctx, task=task, monitor=monitor, monitor_note=note

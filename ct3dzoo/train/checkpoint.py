@@ -19,7 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .._io.atomic import atomic_path, fsync_dir
+from .._io.atomic import atomic_path, atomic_write_text, fsync_dir
+from .._publish import CONFIG_NAME, build_config
+from ..data.pipeline import Preprocessing
 
 __all__ = [
     "STATE_NAME",
@@ -38,6 +40,16 @@ STATE_NAME = "state.pt"
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     # Copies: safetensors refuses shared or non-contiguous (channels_last) storage.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def _write_model_files(model: nn.Module, folder: Path) -> None:
+    """``config.json`` and ``preprocessor_config.json`` of a ct3dzoo model, so a checkpoint
+    folder loads like a saved model (``ct3dzoo.load(folder)``, ``ct3dzoo predict``)."""
+    if (getattr(model, "model_config", None) or {}).get("arch"):
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(build_config(model), indent=2) + "\n")
+    pp = getattr(model, "preprocessing", None)
+    if isinstance(pp, Preprocessing):
+        pp.save(folder)
 
 
 def save_checkpoint(
@@ -63,6 +75,7 @@ def save_checkpoint(
         save_file(_weights(model), tmp / WEIGHTS_NAME, metadata=meta)
         if state is not None:
             torch.save(state, tmp / STATE_NAME)
+        _write_model_files(model, tmp)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -11,6 +11,7 @@ import sys
 from dataclasses import MISSING, Field
 from typing import Any
 
+from .._cli_args import add_deprecated, spacing_value
 from .._specs import ModelOptions
 from .config import DATA, OPTIM, RUN, config_fields
 
@@ -21,9 +22,14 @@ A manifest is a CSV with a 'path' column (DICOM folder, .nii/.nii.gz, .npy/.npz;
 paths resolve against the CSV's folder), optional 'id' and 'group' (study key: windows of a
 study share it; study scores are the max over them) and one column per label.
 
+The finetuned model is written to OUT/final with its preprocessing (preprocessor_config.json:
+the resampling, HU windows and labels used here) and its validation scores, so
+`ct3dzoo predict OUT/final ...` reads studies exactly as training did.
+
 example:
-  ct3dzoo finetune train.csv --val val.csv --arch r3d_18 --out runs/r3d \\
+  ct3dzoo finetune train.csv --val val.csv --model r3d_18 --out runs/r3d \\
       --shape 32 224 224 --windows pe --epochs 10 --lr 1e-4 --batch-size 4
+  ct3dzoo predict runs/r3d/final test.csv --out scores.csv
   torchrun --nproc_per_node 4 --no-python ct3dzoo finetune train.csv ...   (data parallel)
 """
 
@@ -39,19 +45,30 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("train", help="training manifest (CSV)")
     p.add_argument("--val", help="validation manifest (CSV)")
-    p.add_argument("--arch", required=True, help="architecture, e.g. r3d_18 (see list_models)")
+    # one required group: the hidden old --arch satisfies "--model is required" (a plain
+    # required=True is only met by --model itself) and giving both is refused
+    m = p.add_mutually_exclusive_group(required=True)
+    m.add_argument(
+        "--model", metavar="MODEL",
+        help="an architecture (arch or arch.tag, see `ct3dzoo list`) with --pretrain weights, or "
+        "a finetuned folder / local-dir:PATH / hf-hub:ORG/NAME to finetune further",
+    )  # fmt: skip
+    add_deprecated(m, "--arch", dest="model", new="--model")
     p.add_argument(
         "--pretrain",
-        default="kinetics",
-        help="'kinetics', a tag, a checkpoint path, or 'none' for random init",
+        default="default",
+        help="for an architecture: 'default' (its default weights, e.g. Kinetics), a tag, a "
+        "checkpoint path, or 'none' for random init",
     )
     p.add_argument("--num-classes", type=int, help="model outputs (default: label columns)")
     p.add_argument("--head", **ModelOptions.cli_kwargs("head"))
     p.add_argument("--drop-rate", **ModelOptions.cli_kwargs("drop_rate"))
     g = p.add_argument_group("data")
-    g.add_argument("--windows", nargs="+", default=["pe"], help="HU window preset(s): channels")
+    g.add_argument("--windows", nargs="+", default=["pe"],
+                   help="HU window(s): presets or C,W in HU, one channel each (default pe)")  # fmt: skip
     g.add_argument("--shape", nargs=3, type=int, metavar=("D", "H", "W"), help="resample to")
-    g.add_argument("--spacing", nargs=3, type=float, metavar=("Z", "Y", "X"), help="in mm")
+    g.add_argument("--spacing", nargs="+", type=float, metavar="MM",
+                   help="resample to this spacing: 1 number (isotropic) or 3 (z y x), mm")  # fmt: skip
     g.add_argument("--cache-dir", help="cache of preprocessed volumes")
     g.add_argument("--label-columns", nargs="+", help="label columns (default: all others)")
     groups = {DATA: g, OPTIM: p.add_argument_group(OPTIM), RUN: p.add_argument_group(RUN)}
@@ -91,22 +108,33 @@ def _build_dataset(manifest: str, args: argparse.Namespace) -> Any:
         manifest,
         windows=args.windows if len(args.windows) > 1 else args.windows[0],
         cache_dir=args.cache_dir,
-        spacing=args.spacing,
+        spacing=spacing_value(args.spacing),
         shape=args.shape,
         label_columns=args.label_columns,
     )
 
 
 def _build_model(args: argparse.Namespace, num_classes: int) -> Any:
-    from .. import load
+    from .._references import load_reference
+    from .._saved import is_model_folder
 
-    pretrain = None if str(args.pretrain).lower() == "none" else args.pretrain
+    ref = str(args.model)
+    if ref.startswith(("hf-hub:", "local-dir:")) or is_model_folder(ref):
+        model = load_reference(ref, progress=False)
+        if model.in_chans != len(args.windows):
+            raise ValueError(
+                f"{ref} takes {model.in_chans} input channel(s); give as many --windows "
+                f"(got {len(args.windows)})"
+            )
+        if model.num_classes != num_classes:
+            model.reset_classifier(num_classes)
+        return model
     kwargs: dict[str, Any] = {}
     if args.shape is not None:
         kwargs.update(num_slices=args.shape[0], image_size=(args.shape[1], args.shape[2]))
-    return load(
-        args.arch,
-        pretrain,
+    return load_reference(
+        ref,
+        pretrain=args.pretrain,
         num_classes=num_classes,
         in_chans=len(args.windows),
         head=args.head,

@@ -84,6 +84,13 @@ def setup_distributed(device: str | torch.device | None = None) -> DistContext:
         dev = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
         dev = torch.device(device)
+        if dev.type == "cpu" and dev.index not in (None, 0):
+            raise ValueError(f"device={str(device)!r}: the CPU has no index; use device='cpu'")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device={str(device)!r} but CUDA is not available here (a CPU build of torch, "
+                "or no GPU): use device='cpu', or install the CUDA build of torch"
+            )
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
     if dev.type == "cuda":

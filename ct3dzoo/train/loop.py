@@ -30,24 +30,20 @@ from .batches import (
     balanced_weights,
     item_label,
     make_targets,
-    metric_targets,
     unpack,
 )
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import FinetuneConfig
 from .distributed import DistContext
 from .inference import _autocast, _autocast_dtype, _infer, _to_device, default_channels_last
-from .metrics import (
-    Task,
-    aggregate_by_group,
-    classification_metrics,
-    probabilities,
-)
+from .metrics import Task
 from .optim import apply_freeze, build_optimizer, build_scheduler, sync_lr
+from .record import has_record, stamp_validation, write_validation_scores
 from .segmentation import segmentation_loss, validate_segmentation
 from .state import FinetuneResult, TrainState, checkpoint_state, restore_checkpoint_state
+from .validation import CI_RESAMPLES, ValidationPass, classification_figures
 
-__all__ = ["TIMING_KEYS"]
+__all__ = ["CI_RESAMPLES", "TIMING_KEYS"]
 
 #: history keys that measure time, not the model (they differ between otherwise equal runs)
 TIMING_KEYS = ("epoch_time_s", "train_volumes_per_s")
@@ -117,6 +113,11 @@ class _Trainer:
         self.eval_module = torch.compile(model) if cfg.compile else model
         self.train_items = IndexedDataset(train_data, seed=cfg.seed)
         self.state = TrainState(monitor=monitor, monitor_note=monitor_note)
+        #: the latest validation pass (probs, targets, groups); the latest and the best
+        #: epoch's (history record, that pass, epoch) for the saved folders' records
+        self.last_val: ValidationPass | None = None
+        self.epoch_val: tuple[dict[str, Any], ValidationPass, int] | None = None
+        self.best_val: tuple[dict[str, Any], ValidationPass, int] | None = None
 
     # ------------------------------------------------------------------ checkpoints
     def _config_record(self) -> dict[str, Any]:
@@ -136,6 +137,9 @@ class _Trainer:
                 st, task=self.task, config=self._config_record(), optimizer=self.optimizer,
                 scheduler=self.scheduler, scaler=self.scaler,
             )  # fmt: skip
+        if self.state.history and self.last_val is not None:
+            stamp_validation(self.model, self.state.history[-1], groups=self.last_val[2],
+                             n_items=len(self.val_data), epoch=st.epoch, monitor=st.monitor)  # fmt: skip
         save_checkpoint(self.out_dir / name, model=self.model, state=payload, metadata=meta)
 
     def _load(self, path: Path) -> None:
@@ -266,7 +270,7 @@ class _Trainer:
             bar.close()
         st.epoch_time += time.perf_counter() - t0
 
-    def _validate(self) -> dict[str, float]:
+    def _validate(self) -> dict[str, Any]:
         if self.task == "segmentation":
             return validate_segmentation(
                 self.eval_module, self.val_data, num_classes=self.num_classes,
@@ -274,31 +278,21 @@ class _Trainer:
                 dtype=self.dtype, channels_last=self.channels_last, pos_weight=self.pos_weight,
             )  # fmt: skip
         logits, labels, groups = _infer(
-            self.eval_module,
-            self.val_data,
-            batch_size=self.cfg.batch_size,
-            num_workers=self.cfg.num_workers,
-            ctx=self.ctx,
-            dtype=self.dtype,
+            self.eval_module, self.val_data, batch_size=self.cfg.batch_size,
+            num_workers=self.cfg.num_workers, ctx=self.ctx, dtype=self.dtype,
             channels_last=self.channels_last,
-        )
+        )  # fmt: skip
         if labels is None:
             raise ValueError("validation items need labels")
-        targets = make_targets(labels, self.task, self.num_classes)
-        out = {"val_loss": float(self._loss(logits, targets.to(logits.device)))}
-        probs = probabilities(logits, self.task)
-        mt = metric_targets(targets, self.task, self.num_classes)
-        names = self.cfg.label_names
-        out.update(classification_metrics(probs, mt, label_names=names, prefix="val_"))
-        if groups is not None:
-            _, gp = aggregate_by_group(probs, groups, reduction="max")
-            _, gt = aggregate_by_group(mt, groups, reduction="max")
-            out.update(classification_metrics(gp, gt, label_names=names, prefix="val_study_"))
+        out, self.last_val = classification_figures(
+            logits, labels, groups, task=self.task, num_classes=self.num_classes,
+            loss=self._loss, label_names=self.cfg.label_names, seed=self.cfg.seed,
+        )  # fmt: skip
         return out
 
     def _end_epoch(self) -> None:
         st = self.state
-        record: dict[str, float] = {
+        record: dict[str, Any] = {
             "epoch": st.epoch + 1,
             "step": st.global_step,
             "lr": self.optimizer.param_groups[-1]["lr"],
@@ -314,6 +308,8 @@ class _Trainer:
         record["epoch_time_s"] = st.epoch_time
         record["train_volumes_per_s"] = st.loss_count / max(st.epoch_time, 1e-9)
         st.history.append(record)
+        if self.val_data is not None and self.task != "segmentation":
+            self.epoch_val = (record, self.last_val, st.epoch + 1)  # the weights as they are now
         st.epoch += 1
         st.start_epoch()
 
@@ -321,14 +317,21 @@ class _Trainer:
         if st.monitor is not None:
             if st.monitor not in record:
                 raise KeyError(f"monitor={st.monitor!r} is not among {sorted(record)}")
+            current = record[st.monitor]
+            if not isinstance(current, float | int):
+                raise ValueError(
+                    f"monitor={st.monitor!r} is an interval [low, high], not a number: "
+                    f"monitor {st.monitor.replace('_ci', '')!r} instead"
+                )
             sign = -1.0 if "loss" in st.monitor else 1.0  # losses are minimised
-            value, best = sign * record[st.monitor], st.best_metric
+            value, best = sign * current, st.best_metric
             best = None if best is None else sign * best
             improved = best is None or (
                 not math.isnan(value) and (math.isnan(best) or value > best + self.cfg.min_delta)
             )
             if improved:
                 st.best_metric, st.best_epoch, st.bad_epochs = sign * value, st.epoch, 0
+                self.best_val = self.epoch_val
             else:
                 st.bad_epochs += 1
             if self.cfg.patience is not None and st.bad_epochs >= self.cfg.patience:
@@ -361,8 +364,24 @@ class _Trainer:
         best = find_checkpoint(self.out_dir / "best")
         if self.cfg.restore_best and best is not None:
             load_checkpoint(best, self.model)
+        final_val = None
+        if self.val_data is not None and self.task != "segmentation" and has_record(self.model):
+            # the saved weights' own validation: the epoch they come from, computed then;
+            # validated again only when that epoch ran before a resume (all ranks infer)
+            final_val = self.best_val if self.cfg.restore_best and best is not None else (
+                self.epoch_val
+            )  # fmt: skip
+            if final_val is None:
+                final_val = (self._validate(), self.last_val, self.state.best_epoch)
+            metrics, (_, _, groups), epoch = final_val
+            stamp_validation(self.model, metrics, groups=groups, n_items=len(self.val_data),
+                             epoch=epoch, monitor=self.state.monitor)  # fmt: skip
         if self.ctx.is_main and hasattr(self.model, "save_pretrained"):
-            self.model.save_pretrained(str(self.out_dir / "final"))
+            final = self.model.save_pretrained(str(self.out_dir / "final"))
+            if final_val is not None:
+                probs, mt, groups = final_val[1]
+                names = self.model.preprocessing.label_names
+                write_validation_scores(final, probs, mt, groups, names)
         self.ctx.barrier()
         st = self.state
         return FinetuneResult(

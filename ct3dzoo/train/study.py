@@ -1,27 +1,55 @@
 """Whole-study prediction (the paper's protocol as an API): slice windows -> study score.
 
-A study of any depth is cut into windows of ``window`` consecutive slices every ``stride``
-slices (the last one shifted to end at the last slice, so every slice is covered; a study
-shorter than one window is padded with air), each window is scored by the model, and the
-study score is the ``reduce`` (max by default) over the windows' probabilities.
+A study (a path or `CTVolume` in HU) is turned into the model's input by the model's own
+pipeline (:func:`ct3dzoo.data.study_input`: what training used, for a finetuned model), cut
+into windows of ``num_slices`` consecutive slices every ``stride`` slices (the last one
+shifted to end at the last slice, so every slice is covered; a study shorter than one window
+is padded with air), each window is scored by the model, and the study score is the
+``reduce`` (max by default) over the windows' probabilities.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._cli_args import deprecated_alias
 from ..data.geometry import slice_windows
+from ..data.model_input import PAPER_NUM_SLICES, PAPER_STRIDE, study_input
+from ..data.pipeline import Preprocessing
 from ..data.volume import CTVolume
 from ..data.windows import WindowSpec, stack_windows
-from .metrics import Task, probabilities
+from .metrics import Task, check_task, probabilities
 
-__all__ = ["StudyPrediction", "predict_study"]
+__all__ = ["StudyPrediction", "model_task", "predict_study"]
+
+
+def model_task(model: nn.Module, task: Task | None, num_outputs: int) -> Task:
+    """The task to score with: ``task`` if given (checked against the model), else the
+    model's training record, else binary for one output. A task that cannot be right for
+    the model (multiclass on one logit, binary on several) is an error."""
+    pp = getattr(model, "preprocessing", None)
+    recorded = pp.task if isinstance(pp, Preprocessing) else None
+    chosen = task or recorded
+    if chosen is None:
+        if num_outputs != 1:
+            raise ValueError(
+                f"the model has {num_outputs} outputs and no recorded task: pass "
+                "task='multilabel' (sigmoid per output) or task='multiclass' (softmax)"
+            )
+        chosen = "binary"
+    if chosen == "segmentation":
+        raise ValueError("a segmentation model has no study score; predict masks with model(x)")
+    check_task(chosen, num_outputs)
+    if recorded and task and task != recorded and {task, recorded} != {"binary", "multilabel"}:
+        raise ValueError(f"the model was trained for task={recorded!r}; task={task!r} differs")
+    return chosen  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -33,23 +61,30 @@ class StudyPrediction:
         window_scores: ``(num_windows, num_outputs)`` probability of each slice window.
         window_ranges: ``(start, stop)`` slice range of each window (``stop`` exclusive).
         slice_scores: ``(D, num_outputs)``: per slice, the max over the windows covering it.
+        logit: ``(num_outputs,)`` the ``reduce`` over the windows' logits.
+        window_logits: ``(num_windows, num_outputs)`` logits of each window.
+        task, reduce: how the probabilities were made and reduced; ``num_slices``,
+            ``stride``: the slice windows used.
+        preprocessing: the pipeline that read the study (None for an array input);
+        changes: how it differs from the model's training (empty when it does not).
     """
 
     score: np.ndarray
     window_scores: np.ndarray
     window_ranges: list[tuple[int, int]]
     slice_scores: np.ndarray
+    logit: np.ndarray | None = None
+    window_logits: np.ndarray | None = None
+    task: str = "binary"
+    reduce: str = "max"
+    num_slices: int = 0
+    stride: int = 0
+    preprocessing: Preprocessing | None = None
+    changes: list[str] = field(default_factory=list)
 
 
-def _as_input(volume: CTVolume | np.ndarray | torch.Tensor, windows: object) -> torch.Tensor:
+def _as_input(volume: np.ndarray | torch.Tensor, windows: object) -> torch.Tensor:
     """``(C, D, H, W)`` float tensor in [0, 1]."""
-    if isinstance(volume, CTVolume):
-        if windows is None:
-            raise ValueError(
-                "A CTVolume holds HU; pass windows= (e.g. 'pe' or [(c, w), ...]) so each "
-                "window is mapped to [0, 1], or pass an array already windowed with apply_window."
-            )
-        volume = volume.hu
     x = volume if isinstance(volume, torch.Tensor) else torch.from_numpy(np.asarray(volume))
     x = x.float()
     if windows is not None:
@@ -70,42 +105,79 @@ def _as_input(volume: CTVolume | np.ndarray | torch.Tensor, windows: object) -> 
 @torch.inference_mode()
 def predict_study(
     model: nn.Module,
-    volume: CTVolume | np.ndarray | torch.Tensor,
+    volume: str | os.PathLike | CTVolume | np.ndarray | torch.Tensor,
     *,
-    window: int = 32,
-    stride: int = 24,
-    reduce: Literal["max", "mean"] = "max",
+    num_slices: int | None = None,
+    stride: int | None = None,
+    reduce: Literal["max", "mean"] | None = None,
     batch_size: int = 4,
     windows: WindowSpec | Sequence[WindowSpec] | None = None,
-    task: Task = "binary",
+    task: Task | None = None,
     device: str | torch.device | None = None,
+    preprocessing: Preprocessing | None = None,
+    series_uid: str | None = None,
+    window: int | None = None,
 ) -> StudyPrediction:
     """Score one whole study by sliding slice windows (paper: 32 slices every 24).
 
     Args:
-        model: a ct3dzoo model (or any module mapping ``(B, C, window, H, W)`` in [0, 1]
-            to logits ``(B, num_outputs)``); put in eval mode for the call.
-        volume: ``(D, H, W)`` or ``(C, D, H, W)`` in [0, 1] (already windowed and resized
-            in-plane), or HU (array or `CTVolume`) together with ``windows``.
-        window, stride: slices per window and step between window starts.
-        reduce: ``"max"`` (paper) or ``"mean"`` over the windows' probabilities.
+        model: a ct3dzoo model (or any module mapping ``(B, C, num_slices, H, W)`` to logits
+            ``(B, num_outputs)``); put in eval mode for the call.
+        volume: a study (DICOM folder/file, NIfTI, ``.npy``/``.npz`` path, or a `CTVolume`
+            in HU), read and preprocessed with the model's pipeline
+            (:func:`ct3dzoo.data.study_input`: the training record of a finetuned model, else
+            the source weights' contract); or an array ``(D, H, W)`` / ``(C, D, H, W)``
+            already in [0, 1] (or HU together with ``windows``).
+        num_slices, stride: slices per window and step between window starts; default: the
+            model's record (None there: the whole depth in one window), else 32 and 24.
+        reduce: ``"max"`` (paper) or ``"mean"`` over the windows' probabilities; default:
+            the record's, else max.
         batch_size: windows per forward pass.
-        windows: HU window preset(s) to apply first (one channel each); None: the input is
-            already in [0, 1].
-        task: ``"binary"``/``"multilabel"`` (sigmoid) or ``"multiclass"`` (softmax).
+        windows: HU window preset(s) or ``(centre, width)`` (one channel each), overriding
+            the record's; for an array, windows to apply to HU first.
+        task: ``"binary"``/``"multilabel"`` (sigmoid) or ``"multiclass"`` (softmax); default:
+            the model's recorded task (binary for one output).
         device: where to run (default: the model's device).
+        preprocessing: a :class:`~ct3dzoo.data.Preprocessing` to use instead of the model's.
+        series_uid: the DICOM series of this study to read.
+        window: deprecated name of ``num_slices``.
 
     Returns:
-        `StudyPrediction` with ``score``, ``window_scores`` (+ ``window_ranges``) and
-        ``slice_scores``.
+        `StudyPrediction` with ``score``, ``logit``, ``window_scores`` (+ ``window_ranges``)
+        and ``slice_scores``.
     """
-    if window < 1 or stride < 1 or batch_size < 1:
+    num_slices = deprecated_alias("window", "num_slices", window, num_slices)  # type: ignore[assignment]
+    pp: Preprocessing | None = None
+    changes: list[str] = []
+    if isinstance(volume, (str, os.PathLike, CTVolume)):
+        si = study_input(
+            model, volume, preprocessing=preprocessing, series_uid=series_uid,
+            windows=windows, num_slices=num_slices, stride=stride, reduce=reduce,
+        )  # fmt: skip
+        x, pp, changes = si.input, si.preprocessing, si.changes
+        num_slices, stride, reduce = pp.num_slices, pp.stride, pp.reduce  # type: ignore[assignment]
+        if num_slices is None:  # the whole depth is one input, as in training
+            num_slices = stride = x.shape[1]
+        stride = num_slices if stride is None else stride
+    else:
+        x = _as_input(volume, windows)
+        rec = getattr(model, "preprocessing", None)
+        if isinstance(rec, Preprocessing) and num_slices is None:
+            num_slices = rec.num_slices if rec.num_slices is not None else x.shape[1]
+            stride = stride if stride is not None else rec.stride
+            reduce = reduce or rec.reduce  # type: ignore[assignment]
+        if num_slices is None:
+            num_slices = PAPER_NUM_SLICES
+        if stride is None:
+            stride = PAPER_STRIDE if num_slices == PAPER_NUM_SLICES else num_slices
+    reduce = reduce or "max"  # type: ignore[assignment]
+    if num_slices < 1 or stride < 1 or batch_size < 1:
         raise ValueError(
-            f"window, stride and batch_size must be >= 1; got {window}, {stride}, {batch_size}"
+            "num_slices, stride and batch_size must be >= 1; got "
+            f"{num_slices}, {stride}, {batch_size}"
         )
     if reduce not in ("max", "mean"):
         raise ValueError(f"reduce must be 'max' or 'mean'; got {reduce!r}")
-    x = _as_input(volume, windows)
     depth = x.shape[1]
     if depth < 1:
         raise ValueError("the volume has no slices")
@@ -117,17 +189,17 @@ def predict_study(
     model.eval()
     try:
         ranges: list[tuple[int, int]] = []
-        scores: list[torch.Tensor] = []
+        outs: list[torch.Tensor] = []
         batch: list[torch.Tensor] = []
 
         def flush() -> None:
             logits = model(torch.stack(batch).to(dev))
             if logits.dim() == 1:
                 logits = logits[:, None]
-            scores.append(probabilities(logits, task).float().cpu())
+            outs.append(logits.float().cpu())
             batch.clear()
 
-        for w, bounds in slice_windows(x, window, stride, last="shift", pad_value=0.0):
+        for w, bounds in slice_windows(x, num_slices, stride, last="shift", pad_value=0.0):
             batch.append(w)  # type: ignore[arg-type]
             ranges.append(bounds)
             if len(batch) == batch_size:
@@ -136,8 +208,12 @@ def predict_study(
             flush()
     finally:
         model.train(was_training)
-    win = torch.cat(scores).numpy()
+    logits = torch.cat(outs)
+    task = model_task(model, task, logits.shape[1])
+    win = probabilities(logits, task).numpy()
+    lg = logits.numpy()
     score = win.max(axis=0) if reduce == "max" else win.mean(axis=0)
+    logit = lg.max(axis=0) if reduce == "max" else lg.mean(axis=0)
     per_slice = np.full((depth, win.shape[1]), -np.inf, dtype=np.float32)
     for (a, b), s in zip(ranges, win):
         np.maximum(per_slice[a:b], s, out=per_slice[a:b])
@@ -146,4 +222,12 @@ def predict_study(
         window_scores=win,
         window_ranges=ranges,
         slice_scores=per_slice,
+        logit=logit.astype(np.float32),
+        window_logits=lg,
+        task=task,
+        reduce=reduce,  # type: ignore[arg-type]
+        preprocessing=pp,
+        changes=changes,
+        num_slices=int(num_slices),
+        stride=int(stride),
     )

@@ -1,4 +1,4 @@
-"""``ct3dzoo predict``: whole-study scores of a finetuned model, one CSV row per study.
+"""``ct3dzoo predict``: whole-study scores of a model, one CSV row per study.
 
 The main CLI wires it in with :func:`add_predict_parser` and :func:`run_predict`.
 """
@@ -8,23 +8,37 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
+import sys
 from pathlib import Path
 from typing import Any
+
+from .._cli_args import (
+    add_deprecated,
+    add_device,
+    add_model_reference,
+    add_preprocessing_flags,
+    preprocessing_overrides,
+)
 
 __all__ = ["add_predict_parser", "run_predict"]
 
 EPILOG = """\
-MODEL is a folder written by save_pretrained (config.json + model.safetensors), or
-hf-hub:ORG/NAME / local-dir:PATH. STUDY is a DICOM folder, .nii/.nii.gz or .npy/.npz, or
-one CSV manifest (its 'path' and 'id' columns). Each study is read in HU, optionally
-resampled, windowed, cut into windows of --num-slices slices every --stride slices, and
-scored; the study score is the max (or mean) over its windows.
+MODEL is a folder written by finetune or save_pretrained (e.g. runs/r3d/final), local-dir:PATH,
+hf-hub:ORG/NAME, or an architecture name (its source weights and a new, untrained head).
+STUDY is a DICOM folder, .nii/.nii.gz or .npy/.npz, or one CSV manifest (its 'path', 'id',
+'series_uid' and label columns). Each study is read and preprocessed exactly as the model was
+trained (the preprocessor_config.json beside its weights: resampling, crop, HU windows, slice
+windows); the preprocessing flags override that and the difference is printed. The study score
+is the max (or mean) over its slice windows.
 
-CSV columns: id, path, slices, windows, score (score_K per output when there are several),
-best_start, best_stop (the top window), top_slice (slice with the highest score), error.
+CSV columns: id, group (a manifest's study key), path, slices, windows, score_<label> (probability) and logit_<label> per
+output, best_start, best_stop (the top window), top_slice (slice with the highest score),
+error. A manifest with labels also gets AUROC on stdout and <out stem>.metrics.json.
 
 example:
-  ct3dzoo predict runs/r3d/model study1/ study2.nii.gz --out scores.csv --size 224 224
+  ct3dzoo predict runs/r3d/final study1/ study2.nii.gz --out scores.csv
+  ct3dzoo predict ct3dzoo-demo/run/final ct3dzoo-demo/data/val/manifest_dicom.csv --out p.csv
 """
 
 
@@ -37,47 +51,46 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", help="save_pretrained folder, hf-hub:ORG/NAME or local-dir:PATH")
+    add_model_reference(p)
     p.add_argument("studies", nargs="+", metavar="STUDY", help="volumes, or one CSV manifest")
     p.add_argument("--out", required=True, help="CSV to write (one row per study)")
-    p.add_argument("--windows", nargs="+", default=["pe"], help="HU window preset(s)")
-    p.add_argument("--spacing", nargs=3, type=float, metavar=("Z", "Y", "X"),
-                   help="resample to this spacing (mm) first")  # fmt: skip
-    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="in-plane size")
-    p.add_argument("--num-slices", type=int, default=32, help="slices per window (paper: 32)")
-    p.add_argument("--stride", type=int, default=24, help="window stride (paper: 24)")
-    p.add_argument("--reduce", choices=["max", "mean"], default="max")
-    p.add_argument("--task", choices=["binary", "multilabel", "multiclass"], default="binary")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", help="default: cuda if available, else cpu")
+    add_preprocessing_flags(p)
+    p.add_argument("--task", help="binary, multilabel or multiclass (default: the model's)")
+    add_device(p)
+    add_deprecated(p, "--size", dest="shape", new="--shape 0 H W", nargs=2, type=int,
+                   convert=lambda hw: [0, *hw])  # fmt: skip
     return p
 
 
-def _studies(paths: list[str]) -> list[tuple[str, Path]]:
-    if len(paths) == 1 and paths[0].lower().endswith(".csv"):
-        from ..data.dataset import read_manifest
+def _studies(paths: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """``[{"id", "path", "series_uid", "labels"}]`` and the label names (manifest only)."""
+    from ..data.dataset import read_manifest
 
-        records, _ = read_manifest(paths[0], label_columns=[])
-        return [(r["id"], r["path"]) for r in records]
+    if len(paths) == 1 and paths[0].lower().endswith(".csv"):
+        records, labels = read_manifest(paths[0])
+        return records, labels
     out = []
     for p in map(Path, paths):
         name = p.name
         for ext in (".nii.gz", ".nii", ".npz", ".npy", ".dcm"):
             if name.lower().endswith(ext):
                 name = name[: -len(ext)]
-        out.append((name, p))
-    return out
+        out.append({"id": name, "path": p, "labels": []})
+    return out, []
 
 
-def _model_source(model: str) -> str:
-    if model.startswith(("hf-hub:", "local-dir:")):
-        return model
-    if Path(model).is_dir():
-        return f"local-dir:{model}"
-    raise SystemExit(
-        f"MODEL {model!r} is neither a save_pretrained folder nor hf-hub:/local-dir:. "
-        "Predictions need a finetuned model (see `ct3dzoo finetune`)."
-    )
+def _refuse_overwriting_inputs(out: str, inputs: list[str]) -> None:
+    target = Path(out).expanduser().resolve()
+    for src in inputs:
+        if Path(src).expanduser().resolve() == target:
+            raise SystemExit(
+                f"ct3dzoo predict: error: --out {out} is one of the inputs; it would be "
+                "replaced by the predictions. Choose another --out file"
+            )
+
+
+def _fmt(v: float) -> str:
+    return f"{float(v):.6f}"
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -85,31 +98,39 @@ def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .. import load
     from .._io.atomic import atomic_write_text
-    from ..data import read_volume, resample
-    from .study import predict_study
+    from .._references import load_reference
+    from ..data.model_input import resolve_preprocessing
+    from .study import model_task, predict_study
 
-    studies = _studies(args.studies)
+    _refuse_overwriting_inputs(args.out, list(args.studies))
+    studies, label_cols = _studies(args.studies)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load(_model_source(args.model), progress=False).to(device)
-    windows = args.windows if len(args.windows) > 1 else args.windows[0]
+    overrides = preprocessing_overrides(args)  # bad flags refused before a model is fetched
+    model = load_reference(
+        args.model, pretrain=args.pretrain, num_classes=args.num_classes, progress=False
+    ).to(device)
+    pp, changes = resolve_preprocessing(model, **overrides)
+    model_task(model, args.task, int(model.num_classes))  # refuse an impossible task up front
+    for line in changes:
+        print(f"note: differs from training: {line}", file=sys.stderr)
+    names = list(pp.label_names) or [str(k) for k in range(int(model.num_classes))]
+    if len(names) != int(model.num_classes):
+        names = [str(k) for k in range(int(model.num_classes))]
     rows: list[dict[str, Any]] = []
-    for sid, path in studies:
-        row: dict[str, Any] = {"id": sid, "path": str(path), "error": ""}
+    scored: list[tuple[np.ndarray, list[float]]] = []
+    for rec in studies:
+        row: dict[str, Any] = {"id": rec["id"], "path": str(rec["path"]), "error": ""}
+        if "group" in rec:
+            row["group"] = rec["group"]
         try:
-            vol = read_volume(path)
-            if args.spacing:
-                vol = resample(vol, spacing=args.spacing)
-            if args.size:
-                vol = resample(vol, shape=(vol.shape[0], *args.size))
             res = predict_study(
-                model, vol, window=args.num_slices, stride=args.stride, reduce=args.reduce,
-                batch_size=args.batch_size, windows=windows, task=args.task, device=device,
+                model, rec["path"], preprocessing=pp, series_uid=rec.get("series_uid"),
+                batch_size=args.batch_size, task=args.task, device=device,
             )  # fmt: skip
         except Exception as e:  # one unreadable study does not stop the others
             row["error"] = f"{type(e).__name__}: {e}"
-            print(f"{sid}: {row['error']}")
+            print(f"{rec['id']}: {row['error']}")
             rows.append(row)
             continue
         top = int(np.argmax(res.window_scores.max(axis=1)))
@@ -120,16 +141,16 @@ def run_predict(args: argparse.Namespace) -> int:
             best_stop=res.window_ranges[top][1],
             top_slice=int(np.argmax(res.slice_scores.max(axis=1))),
         )
-        if res.score.size == 1:
-            row["score"] = f"{float(res.score[0]):.6f}"
-        else:
-            row.update({f"score_{k}": f"{float(v):.6f}" for k, v in enumerate(res.score)})
+        row.update({f"score_{n}": _fmt(v) for n, v in zip(names, res.score)})
+        row.update({f"logit_{n}": _fmt(v) for n, v in zip(names, res.logit)})  # type: ignore[arg-type]
         rows.append(row)
-        print(f"{sid}: score {res.score.round(4).tolist()} over {len(res.window_ranges)} windows")
-    fields = ["id", "path", "slices", "windows"]
-    fields += sorted(
-        {k for r in rows for k in r if k.startswith("score")}, key=lambda k: (len(k), k)
-    )
+        scored.append((res.score, rec["labels"]))
+        print(
+            f"{rec['id']}: score {res.score.round(4).tolist()} over {len(res.window_ranges)} windows"
+        )
+    fields = ["id", *(["group"] if any("group" in r for r in rows) else []), "path", "slices",
+              "windows"]  # fmt: skip
+    fields += [f"score_{n}" for n in names] + [f"logit_{n}" for n in names]
     fields += ["best_start", "best_stop", "top_slice", "error"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, restval="")
@@ -137,4 +158,35 @@ def run_predict(args: argparse.Namespace) -> int:
     w.writerows(rows)
     atomic_write_text(args.out, buf.getvalue())
     print(f"{len(rows)} studies -> {args.out}")
+    if label_cols and scored:
+        _report_metrics(args.out, scored, label_cols, names, task=args.task or pp.task)
     return 1 if any(r["error"] for r in rows) else 0
+
+
+def _report_metrics(
+    out: str, scored: list[Any], label_cols: list[str], names: list[str], *, task: str | None
+) -> None:
+    """AUROC (with its 95% CI) of the scored studies against the manifest's labels."""
+    import numpy as np
+
+    from .._io.atomic import atomic_write_text
+    from .bootstrap import study_metrics
+
+    probs = np.stack([s for s, _ in scored])
+    labels = np.asarray([lab for _, lab in scored], dtype=np.float64)
+    if labels.shape[1] != probs.shape[1]:
+        print(
+            f"note: the manifest has {labels.shape[1]} label column(s) ({', '.join(label_cols)}) "
+            f"for {probs.shape[1]} output(s); no metrics"
+        )
+        return
+    try:
+        report = study_metrics(probs, labels, label_names=names, task=task or "binary")
+    except ValueError as e:  # e.g. one class only: AUROC is undefined
+        print(f"note: no metrics ({e})")
+        return
+    path = Path(out).with_suffix("").as_posix() + ".metrics.json"
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    ci = report.get("auroc_ci")
+    ci_txt = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+    print(f"AUROC {report['auroc']:.4f}{ci_txt} over {report['n_studies']} studies -> {path}")
