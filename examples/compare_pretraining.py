@@ -10,7 +10,7 @@ interval bands.
 
 Manifests as in ``finetune_dicom_folder.py`` (``path``, a binary ``label``, optional
 ``group``). Each pair's input follows its weights' contract (``ct3dzoo.data.transforms_for``):
-video/ImageNet rows get the ``--window``, MedicalNet a z-score, Models Genesis HU
+video/ImageNet rows get the ``--windows``, MedicalNet a z-score, Models Genesis HU
 -1000..1000 -> [0, 1]. The validation set is the same for every run (``--val``, or a
 label-balanced split drawn with ``--split-seed``). For each training seed, training subsets
 are nested and label-balanced (the first ``n`` of one interleaved order drawn with that
@@ -139,8 +139,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="training seeds (init, data order, training subsets); paired across "
                    "pairs")  # fmt: skip
     p.add_argument("--split-seed", type=int, default=0, help="of the validation split")
-    p.add_argument("--size", type=int, nargs=3, default=(32, 128, 128), metavar=("D", "H", "W"))
-    p.add_argument("--window", default="pe", help="HU window for video/ImageNet rows")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=(32, 128, 128),
+        metavar=("D", "H", "W"),
+        help="model input shape, resampled to (default %(default)s)",
+    )
+    p.add_argument(
+        "--windows",
+        nargs=1,
+        default=["pe"],
+        metavar="WINDOW",
+        help="the HU window (a preset or C,W) of video/ImageNet rows: one, so that every "
+        "source sees one channel (default pe)",
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=4)
@@ -157,14 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     if manifest is None:
         if not args.phantom:
             p.error("give a MANIFEST.csv or --phantom N")
-        shape = (max(16, args.size[0]), max(64, args.size[1]), max(64, args.size[2]))
+        shape = (max(16, args.shape[0]), max(64, args.shape[1]), max(64, args.shape[2]))
         manifest = make_phantom_dataset(
             out / "phantom", n=args.phantom, seed=args.split_seed, shape=shape,
             formats=("dicom",), nodule_radius_mm=(12.0, 20.0),
         )  # fmt: skip
         print(f"wrote {args.phantom} synthetic DICOM series; manifest {manifest}")
 
-    common = {"windows": None, "shape": tuple(args.size), "cache_dir": out / "cache"}
+    common = {"windows": None, "shape": tuple(args.shape), "cache_dir": out / "cache"}
     pool = CTDataset(manifest, **common)
     labels = [r["labels"][0] for r in pool.records]
     order = balanced_order(labels, args.split_seed)
@@ -207,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 model, weights = load_pair(arch, pretrain, seed=seed, strict=args.strict)
                 weights_of[source] = weights
                 window_row = model.pretrained_cfg.input_contract.kind == "window"
-                tf = transforms_for(model, windows=args.window if window_row else None)
+                tf = transforms_for(model, windows=args.windows if window_row else None)
                 train = Subset(CTDataset(manifest, transform=tf, **common), train_order[seed][:n])
                 val = CTDataset(val_manifest, transform=tf, **common)
                 t0 = time.perf_counter()

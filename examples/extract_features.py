@@ -45,8 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phantom", type=int, metavar="N", help="use N synthetic phantom cases instead")
     p.add_argument("--arch", default="x3d_xs")
     p.add_argument("--no-pretrain", action="store_true", help="random weights")
-    p.add_argument("--size", type=int, nargs=3, default=(32, 160, 160), metavar=("D", "H", "W"))
-    p.add_argument("--window", default="pe", help="HU window preset (default pe)")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=(32, 160, 160),
+        metavar=("D", "H", "W"),
+        help="model input shape, resampled to (default %(default)s)",
+    )
+    p.add_argument(
+        "--windows",
+        nargs="+",
+        default=["pe"],
+        help="HU windows: presets or C,W, one channel each (default pe)",
+    )
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", default="features", help="output folder")
     args = p.parse_args(argv)
@@ -59,17 +71,19 @@ def main(argv: list[str] | None = None) -> int:
             p.error("give a MANIFEST.csv or --phantom N")
         from ct3dzoo.phantom import make_phantom_dataset
 
-        shape = (max(16, args.size[0]), max(64, args.size[1]), max(64, args.size[2]))
+        shape = (max(16, args.shape[0]), max(64, args.shape[1]), max(64, args.shape[2]))
         manifest = make_phantom_dataset(
             out / "phantom", n=args.phantom, seed=0, shape=shape, formats=("nifti",)
         )
     dataset = CTDataset(
-        manifest, windows=args.window, shape=tuple(args.size), cache_dir=out / "cache"
+        manifest, windows=args.windows, shape=tuple(args.shape), cache_dir=out / "cache"
     )
 
     pretrain = None if args.no_pretrain else "kinetics"
     try:
-        model = ct3dzoo.load(args.arch, pretrain=pretrain, num_classes=0)
+        model = ct3dzoo.load(
+            args.arch, pretrain=pretrain, num_classes=0, in_chans=len(args.windows)
+        )
     except WeightsUnavailableError as e:
         print(f"{e}\nNo pretrained weights: rerun with --no-pretrain for random features.")
         return 1

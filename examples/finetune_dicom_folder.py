@@ -7,7 +7,7 @@
 A manifest is a CSV with a ``path`` column (one DICOM series folder per row; relative paths
 are relative to the CSV), one column per label (e.g. ``label``) and optionally ``group`` (the
 study or patient: rows of one group stay on one side of the split and their scores are
-max-aggregated). Volumes are read once, resampled to ``--size`` and cached as ``.npy`` under
+max-aggregated). Volumes are read once, resampled to ``--shape`` and cached as ``.npy`` under
 ``OUT/cache``. Writes the finetune run (``OUT/run``: checkpoints, ``log.jsonl``), the final
 model (``OUT/model``, for ``ct3dzoo.load("local-dir:OUT/model")``) and validation
 probabilities (``OUT/val_predictions.csv``).
@@ -51,8 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phantom", type=int, metavar="N", help="make N synthetic DICOM series instead")
     p.add_argument("--arch", default="x3d_xs")
     p.add_argument("--no-pretrain", action="store_true", help="random weights")
-    p.add_argument("--size", type=int, nargs=3, default=(32, 160, 160), metavar=("D", "H", "W"))
-    p.add_argument("--window", default="pe", help="HU window preset (default pe)")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=(32, 160, 160),
+        metavar=("D", "H", "W"),
+        help="model input shape, resampled to (default %(default)s)",
+    )
+    p.add_argument(
+        "--windows",
+        nargs="+",
+        default=["pe"],
+        help="HU windows: presets or C,W, one channel each (default pe)",
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=4)
@@ -67,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
             p.error("give a MANIFEST.csv or --phantom N")
         from ct3dzoo.phantom import make_phantom_dataset
 
-        shape = (max(16, args.size[0]), max(64, args.size[1]), max(64, args.size[2]))
+        shape = (max(16, args.shape[0]), max(64, args.shape[1]), max(64, args.shape[2]))
         manifest = make_phantom_dataset(
             out / "phantom", n=args.phantom, seed=args.seed, shape=shape, formats=("dicom",),
             nodule_radius_mm=(12.0, 20.0),
         )  # fmt: skip
         print(f"wrote {args.phantom} synthetic DICOM series; manifest {manifest}")
 
-    common = {"windows": args.window, "shape": tuple(args.size), "cache_dir": out / "cache"}
+    common = {"windows": args.windows, "shape": tuple(args.shape), "cache_dir": out / "cache"}
     data = CTDataset(manifest, **common)
     if args.val:
         train, val = data, CTDataset(args.val, **common)
@@ -83,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         train, val = Subset(data, tr_idx), Subset(data, va_idx)
     print(f"{len(train)} training and {len(val)} validation series, labels {data.label_columns}")
 
-    kw = {"num_classes": data.num_labels}
+    kw = {"num_classes": data.num_labels, "in_chans": len(args.windows)}  # a channel per window
     try:
         pretrain = None if args.no_pretrain else "kinetics"
         model = ct3dzoo.load(args.arch, pretrain=pretrain, **kw)

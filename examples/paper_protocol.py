@@ -3,7 +3,7 @@
     python examples/paper_protocol.py --rsna /data/rsna-pe --max-studies 200 --out pe-run/
     python examples/paper_protocol.py --out pe-run/                  # synthetic CTPA phantoms
 
-Protocol: each series is resized in-plane to ``--image-size``, windowed with the PE window
+Protocol: each series is resized in-plane to ``--shape`` (``0 224 224``), windowed with the PE window
 (centre 400, width 1000 HU) and cut into windows of 32 consecutive slices every 24 slices
 (the last window shifted to end at the last slice). A window is positive when one of its
 slices shows PE; the model is finetuned on windows, and a **study's score is the max over
@@ -68,7 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pretrain", action="store_true", help="random weights")
     p.add_argument("--num-slices", type=int, default=32, help="slices per window (paper: 32)")
     p.add_argument("--stride", type=int, default=24, help="window stride (paper: 24)")
-    p.add_argument("--image-size", type=int, default=224, help="in-plane size (paper: 224)")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=(0, 224, 224),
+        metavar=("D", "H", "W"),
+        help="resize to (0 keeps an axis; default %(default)s: in-plane only, paper)",
+    )
     p.add_argument("--val-fraction", type=float, default=0.25)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     else:
         manifest, slice_labels = phantom_manifests(args, args.out)
-    resize = transforms.Resize((None, args.image_size, args.image_size))  # in-plane only
+    resize = transforms.Resize(tuple(n or None for n in args.shape))  # 0/None keeps the axis
     data = CTDataset(
         manifest, slice_windows=(args.num_slices, args.stride), slice_labels=slice_labels,
         transform=resize, windows=PE_WINDOW, cache_dir=args.out / "cache",

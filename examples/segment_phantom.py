@@ -2,7 +2,7 @@
 validation Dice with the Dice of an empty prediction.
 
     python examples/segment_phantom.py --out seg/                      # defaults below
-    python examples/segment_phantom.py --out seg/ --n 8 --size 8 32 32 --epochs 1   # tiny
+    python examples/segment_phantom.py --out seg/ --n 8 --shape 8 32 32 --epochs 1   # tiny
 
 The phantom (``ct3dzoo.phantom``) writes each case as NIfTI with its lesion mask; a
 ``CTDataset(..., mask_column="mask")`` yields ``(image, mask)`` items, and
@@ -44,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default="resnet18_2d")
     ap.add_argument("--pretrain", default=None, help="weights tag (default: random init)")
     ap.add_argument("--n", type=int, default=24, help="phantom cases (3/4 train, 1/4 val)")
-    ap.add_argument("--size", type=int, nargs=3, default=(16, 64, 64), metavar=("D", "H", "W"))
+    ap.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=(16, 64, 64),
+        metavar=("D", "H", "W"),
+        help="phantom and model input shape (default %(default)s)",
+    )
     ap.add_argument("--nodule-mm", type=float, nargs=2, default=(25.0, 35.0),
                     help="range of the nodule radius (mm)")  # fmt: skip
     ap.add_argument("--epochs", type=int, default=15)
@@ -58,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     root = args.out / "phantom"
     make_phantom_dataset(
-        root, n=args.n, seed=args.seed, shape=args.size, formats=("nifti",),
+        root, n=args.n, seed=args.seed, shape=args.shape, formats=("nifti",),
         positive_fraction=0.75, nodule_radius_mm=tuple(args.nodule_mm),
     )  # fmt: skip
     cases = json.loads((root / "cases.json").read_text())
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     model = ct3dzoo.load(
         args.arch, pretrain=args.pretrain, head="segmentation", num_classes=1,
-        num_slices=args.size[0], image_size=args.size[1:],
+        num_slices=args.shape[0], image_size=args.shape[1:],
     )  # fmt: skip
     result = ct3dzoo.finetune(
         model, train, val, out_dir=args.out / "run", epochs=args.epochs, lr=args.lr,
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "arch": args.arch,
         "pretrain": args.pretrain,
-        "size": list(args.size),
+        "size": list(args.shape),
         "n_train": len(train),
         "n_val": len(val),
         "epochs": args.epochs,
@@ -98,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"{args.arch} ({args.pretrain or 'random init'}), {len(train)} train / {len(val)} val "
-          f"phantom cases at {tuple(args.size)}, best epoch {result.best_epoch}/{args.epochs}")  # fmt: skip
+          f"phantom cases at {tuple(args.shape)}, best epoch {result.best_epoch}/{args.epochs}")  # fmt: skip
     print(f"{'':24}{'Dice (all voxels)':>20}{'Dice (per case)':>18}")
     print(f"{'model':24}{best['val_dice']:>20.3f}{best['val_dice_case']:>18.3f}")
     print(f"{'empty prediction':24}{empty['dice']:>20.3f}{empty['dice_case']:>18.3f}")

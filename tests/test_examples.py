@@ -15,7 +15,7 @@ import pytest
 import ct3dzoo
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TINY_SIZE = ["--size", "8", "32", "32"]
+TINY_SIZE = ["--shape", "8", "32", "32"]
 
 
 def _example(name: str) -> ModuleType:
@@ -73,13 +73,15 @@ def test_extract_features_without_weights_says_so(
 def test_finetune_dicom_folder(tmp_path: Path) -> None:
     mod = _example("finetune_dicom_folder")
     args = ["--phantom", "8", *TINY_SIZE, "--epochs", "1", "--no-pretrain", "--out", str(tmp_path)]
-    assert mod.main(args) == 0
+    assert mod.main([*args, "--windows", "lung", "40,400"]) == 0  # the CLI's vocabulary
     preds = _rows(tmp_path / "val_predictions.csv")
     assert len(preds) == 2  # 8 phantoms, one per group, val fraction 0.25
     assert all(0.0 <= float(r["label"]) <= 1.0 for r in preds)
     all_ids = {r["path"].split("/")[-1] for r in _rows(tmp_path / "phantom" / "manifest.csv")}
     assert {r["id"] for r in preds} <= all_ids
-    assert (tmp_path / "model" / "config.json").is_file()
+    saved = ct3dzoo.load(tmp_path / "model")  # one channel per window, recorded as trained
+    assert saved.in_chans == 2 and len(saved.preprocessing.windows) == 2
+    assert saved.preprocessing.windows == ("lung", (40.0, 400.0))
     assert (tmp_path / "run" / "log.jsonl").read_text().count("\n") == 1
 
 
@@ -87,7 +89,7 @@ def test_paper_protocol_study_score_is_max_over_windows(tmp_path: Path) -> None:
     mod = _example("paper_protocol")
     args = [
         "--phantom", "6", "--phantom-shape", "24", "64", "64", "--num-slices", "8",
-        "--stride", "6", "--image-size", "32", "--epochs", "1", "--no-pretrain",
+        "--stride", "6", "--shape", "0", "32", "32", "--epochs", "1", "--no-pretrain",
         "--val-fraction", "0.5", "--out", str(tmp_path),
     ]  # fmt: skip
     assert mod.main(args) == 0
