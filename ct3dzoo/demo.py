@@ -7,8 +7,7 @@
 3. loads an architecture with its Kinetics weights (an arch without them, like the default
    MedicalNet ResNet-10, its own pretrained weights) when they are cached or downloadable,
    otherwise says so and starts from random weights;
-4. finetunes it for a few epochs (:func:`ct3dzoo.finetune`), printing a line per epoch
-   (loss, validation AUROC, seconds);
+4. finetunes it (:func:`ct3dzoo.finetune`), a line per epoch (loss, AUROC, seconds);
 5. writes a montage of a positive validation case, its saliency (``saliency.png``) and the
    model with its preprocessing (``run/final``), all under one output folder.
 
@@ -26,15 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from ._cli_args import add_deprecated, deprecated_alias
-from ._demo_output import EpochLines, folder_bytes, write_montage, write_saliency
+from ._demo_output import EpochLines, ci_note, folder_bytes, write_montage, write_saliency
 from ._specs import ModelOptions
 
 __all__ = ["add_demo_parser", "demo", "run_demo"]
 
 #: the default demo: MedicalNet's 3D ResNet-10 (strided, `DEFAULT_ARCH_KWARGS`) from random
 #: weights (the offline case) on 16x32x32 lung crops of 16x43x43 phantoms, 256 training
-#: cases, 6 epochs, no random flips: held-out validation AUROC 0.933-0.967 (seeds 0-2) in
-#: 48-57 s wall on 2 CPU cores, 73 MB written (``python benchmarks/demo.py``; runs and what
+#: cases, 6 epochs, no random flips: held-out validation AUROC 0.933-0.976 (seeds 0-2, two
+#: machines) in 25-57 s wall on 2-core VMs, 73 MB written (``python benchmarks/demo.py``; runs and what
 #: else was tried: docs/benchmarks.md). Cached weights: try ``--arch r3d_18`` (Kinetics).
 DEFAULTS: dict[str, Any] = {
     "arch": "medicalnet_resnet10",
@@ -58,7 +57,7 @@ DEFAULT_ARCH_KWARGS: dict[str, Any] = {"dilated": False}
 #: from :class:`ct3dzoo._specs.ModelOptions`; the demo's task fixes ``num_classes=1``.
 MODEL_OPTIONS = ("head", "drop_rate")
 #: the default demo's measured wall time (``python benchmarks/demo.py``, docs/benchmarks.md)
-MEASURED = "measured 48-57 s on 2 CPU cores"
+MEASURED = "measured 25-57 s on 2-core VMs"
 
 
 def _load_model(
@@ -283,6 +282,7 @@ def demo(
         "model_options": options.to_dict(),
         "arch_kwargs": arch_kwargs,
         "val_auroc": val_auroc,
+        "val_auroc_ci": last.get("val_auroc_ci"),  # 95%, bootstrap over the held-out cases
         "best_val_auroc": None if result.best_metric is None else float(result.best_metric),
         "best_epoch": result.best_epoch,
         "history": result.history,
@@ -304,8 +304,8 @@ def demo(
     summary["bytes"] = folder_bytes(out)
     init = f"from {weights}" if weights else "from random weights"
     say(
-        f"\nvalidation AUROC {val_auroc:.3f} after {epochs} epochs ({init}; {n_val} held-out "
-        f"cases; chance = 0.5) in {runtime:.0f} s ({train_s:.0f} s training)\n"
+        f"\nvalidation AUROC {val_auroc:.3f}{ci_note(last.get('val_auroc_ci'), n_val)} after "
+        f"{epochs} epochs ({init}; chance = 0.5) in {runtime:.0f} s ({train_s:.0f} s training)\n"
         f"  data        {out / 'data'}  (train/: NIfTI, val/: DICOM; masks/, cases.json)\n"
         f"  montage     {montage_path or '- (pip install ct3dzoo[viz] for montages)'}\n"
         f"  saliency    {saliency_path or '- (pip install ct3dzoo[explain,viz])'}\n"

@@ -96,6 +96,18 @@ def test_demo_falls_back_plainly_offline(tiny_run: tuple[dict[str, Any], str]) -
     assert "validation AUROC" in printed and s["model_dir"] in printed
 
 
+def test_demo_reports_its_auroc_with_the_interval(tiny_run: tuple[dict[str, Any], str]) -> None:
+    s, printed = tiny_run
+    low, high = s["val_auroc_ci"]
+    assert (
+        low == s["history"][-1]["val_auroc_ci"][0] and high == s["history"][-1]["val_auroc_ci"][1]
+    )
+    assert low <= s["val_auroc"] <= high
+    n_val = s["n_val"]
+    head = f"validation AUROC {s['val_auroc']:.3f} (95% CI {low:.3f}-{high:.3f}, bootstrap over "
+    assert head + f"{n_val} held-out cases)" in printed
+
+
 def test_demo_saved_model_reloads(tiny_run: tuple[dict[str, Any], str]) -> None:
     s, _ = tiny_run
     model = ct3dzoo.load(f"local-dir:{s['model_dir']}").eval()

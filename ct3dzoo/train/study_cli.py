@@ -145,9 +145,9 @@ def run_predict(args: argparse.Namespace) -> int:
         row.update({f"logit_{n}": _fmt(v) for n, v in zip(names, res.logit)})  # type: ignore[arg-type]
         rows.append(row)
         scored.append((res.score, rec["labels"]))
-        print(
-            f"{rec['id']}: score {res.score.round(4).tolist()} over {len(res.window_ranges)} windows"
-        )
+        shown = ", ".join(f"score_{n} {float(v):.4f}" for n, v in zip(names, res.score))
+        k = len(res.window_ranges)
+        print(f"{rec['id']}: {shown} ({k} window{'' if k == 1 else 's'})")
     fields = ["id", *(["group"] if any("group" in r for r in rows) else []), "path", "slices",
               "windows"]  # fmt: skip
     fields += [f"score_{n}" for n in names] + [f"logit_{n}" for n in names]
