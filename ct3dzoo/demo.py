@@ -20,11 +20,12 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ._cli_args import add_deprecated, deprecated_alias
+from ._demo_model import MODEL_OPTIONS, check_demo_model, load_demo_model
 from ._demo_output import EpochLines, ci_note, folder_bytes, write_montage, write_saliency
 from ._specs import ModelOptions
 
@@ -53,60 +54,8 @@ DEFAULTS: dict[str, Any] = {
 #: the default arch's options: MedicalNet's ResNet-10 with strided layer3/4 (as MONAI builds
 #: it) instead of the original dilated ones: the same weights, half the CPU time per volume
 DEFAULT_ARCH_KWARGS: dict[str, Any] = {"dilated": False}
-#: the model options the demo exposes (``--head``, ``--drop-rate``): defaults and help come
-#: from :class:`ct3dzoo._specs.ModelOptions`; the demo's task fixes ``num_classes=1``.
-MODEL_OPTIONS = ("head", "drop_rate")
 #: the default demo's measured wall time (``python benchmarks/demo.py``, docs/benchmarks.md)
 MEASURED = "measured 25-57 s on 2-core VMs"
-
-
-def _load_model(
-    arch: str,
-    pretrain: str | None,
-    say: Callable[[str], None],
-    progress: bool,
-    seed: int,
-    options: ModelOptions | None = None,
-    arch_kwargs: dict[str, Any] | None = None,
-) -> tuple[Any, str | None]:
-    """``ct3dzoo.load`` with the pretrained weights, or random weights when they can't be had."""
-    import torch
-
-    import ct3dzoo
-    from ct3dzoo import models  # noqa: F401  (fills the registry that get_arch reads)
-    from ct3dzoo.errors import WeightsUnavailableError
-
-    options = options or ModelOptions()
-    kw = {name: getattr(options, name) for name in ("num_classes", *MODEL_OPTIONS)}
-    kw.update(arch_kwargs or {})
-
-    if pretrain == "kinetics":
-        from ct3dzoo._registry import get_arch
-
-        aliases = list(get_arch(arch).pretrain_aliases)
-        if aliases and "kinetics" not in aliases:
-            say(f"weights: {arch} has no Kinetics weights; trying its {aliases[0]!r} weights")
-            pretrain = aliases[0]
-    if pretrain is not None:
-        try:
-            model = ct3dzoo.load(arch, pretrain=pretrain, progress=progress, **kw)
-            cfg = ct3dzoo.get_pretrained_cfg(f"{arch}.{model.model_config['tag']}")
-            name = f"{cfg.arch}.{cfg.tag}"
-            say(f"weights: {name} ({cfg.dataset or 'Kinetics'}), adapted to 1 channel")
-            return model, name
-        except WeightsUnavailableError as e:
-            reason = str(e).strip().splitlines()[0]
-            say(
-                f"weights: the {pretrain!r} weights of {arch} are not cached and could not be "
-                f"downloaded ({reason}).\n"
-                "         FALLING BACK TO RANDOM INITIALISATION (pretrain=None) for this demo. "
-                f"To use them: `ct3dzoo fetch {arch}` with internet, or "
-                f"`ct3dzoo fetch {arch} --from FILE` (see docs/weights.md)."
-            )
-    else:
-        say("weights: none requested (pretrain=None): random initialisation")
-    torch.manual_seed(seed)  # the same random weights whether or not a load was tried first
-    return ct3dzoo.load(arch, pretrain=None, **kw), None
 
 
 def demo(
@@ -143,7 +92,8 @@ def demo(
             the finetuned model ``run/final``, checkpoints with ``keep_checkpoints``),
             ``montage.png``, ``saliency.png``, ``summary.json``); existing demo files are
             overwritten. Volumes are read once and held in memory (no disk cache).
-        arch: a name from ``ct3dzoo.list_models()``.
+        arch: the model: a name from ``ct3dzoo.list_models()``, ``name.tag`` (those weights),
+            a saved model's folder, ``local-dir:PATH`` or ``hf-hub:ORG/NAME`` (its weights).
         n_cases, n_val: phantom cases in all, and how many of them validate: the validation
             cases come from their own seed (held out), each set half positive.
         epochs, lr, batch_size: finetuning (AdamW, cosine schedule, BCE).
@@ -205,6 +155,7 @@ def demo(
             f"{n_cases} cases with {n_val} for validation are too few: training and validation "
             "each need at least 2 (one of each label); use more cases"
         )
+    check_demo_model(arch, pretrain)  # before any phantom is written
     options = ModelOptions(num_classes=1, head=head, drop_rate=drop_rate)
     if arch_kwargs is None:
         arch_kwargs = dict(DEFAULT_ARCH_KWARGS) if arch == DEFAULTS["arch"] else {}
@@ -242,7 +193,7 @@ def demo(
     train = CTDataset(manifest, transform=centre, **common)
     val = CTDataset(val_manifest, transform=centre, **common)
 
-    model, weights = _load_model(arch, pretrain, say, progress, seed, options, arch_kwargs)
+    model, weights = load_demo_model(arch, pretrain, say, progress, seed, options, arch_kwargs)
     n_params = sum(p.numel() for p in model.parameters())
     say(
         f"model: {arch}{arch_kwargs or ''}, {n_params / 1e6:.1f} M parameters, "
@@ -305,7 +256,8 @@ def demo(
     init = f"from {weights}" if weights else "from random weights"
     say(
         f"\nvalidation AUROC {val_auroc:.3f}{ci_note(last.get('val_auroc_ci'), n_val)} after "
-        f"{epochs} epochs ({init}; chance = 0.5) in {runtime:.0f} s ({train_s:.0f} s training)\n"
+        f"{epochs} epoch{'s' * (epochs != 1)} ({init}; chance = 0.5) in {runtime:.0f} s "
+        f"({train_s:.0f} s training)\n"
         f"  data        {out / 'data'}  (train/: NIfTI, val/: DICOM; masks/, cases.json)\n"
         f"  montage     {montage_path or '- (pip install ct3dzoo[viz] for montages)'}\n"
         f"  saliency    {saliency_path or '- (pip install ct3dzoo[explain,viz])'}\n"
@@ -335,7 +287,8 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--out", default="ct3dzoo-demo", help="output folder (default ct3dzoo-demo)")
-    p.add_argument("--arch", default=d["arch"], help=f"architecture (default {d['arch']})")
+    p.add_argument("--arch", default=d["arch"], help=f"the model: an architecture (default "
+                   f"{d['arch']}), NAME.TAG, a saved model's folder, local-dir:PATH or hf-hub:ORG/NAME")  # fmt: skip
     p.add_argument("--cases", type=int, default=d["n_cases"], help="phantom cases in all")
     p.add_argument("--val", type=int, default=d["n_val"], help="validation cases")
     p.add_argument("--epochs", type=int, default=d["epochs"])

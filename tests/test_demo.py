@@ -202,12 +202,12 @@ def test_arch_without_kinetics_tries_its_own_weights_then_falls_back(
 ) -> None:
     """An arch without Kinetics weights (the default MedicalNet ResNet-10, the 2D ResNet)
     tries its own pretrained weights, then says plainly that it starts from random ones."""
-    from ct3dzoo.demo import _load_model
+    from ct3dzoo._demo_model import load_demo_model
 
     monkeypatch.setenv("CT3DZOO_OFFLINE", "1")
     monkeypatch.setenv("CT3DZOO_HOME", str(tmp_path / "home"))
     said: list[str] = []
-    model, weights = _load_model(arch, "kinetics", said.append, False, 0)
+    model, weights = load_demo_model(arch, "kinetics", said.append, False, 0)
     assert weights is None and model.num_classes == 1
     text = "\n".join(said)
     assert "no Kinetics weights" in text and f"'{alias}'" in text
@@ -229,9 +229,9 @@ def test_default_arch_alias_lookup_in_a_fresh_process(tmp_path: Path) -> None:
     import sys
 
     code = (
-        "from ct3dzoo.demo import _load_model\n"
+        "from ct3dzoo._demo_model import load_demo_model\n"
         "said = []\n"
-        "m, w = _load_model('resnet18_2d', 'kinetics', said.append, False, 0)\n"
+        "m, w = load_demo_model('resnet18_2d', 'kinetics', said.append, False, 0)\n"
         "assert w is None and m.num_classes == 1, said\n"
         "print('\\n'.join(said))\n"
     )
@@ -243,3 +243,39 @@ def test_default_arch_alias_lookup_in_a_fresh_process(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "'imagenet'" in proc.stdout
+
+
+def test_demo_takes_every_model_reference(tiny_run, tmp_path: Path, monkeypatch) -> None:
+    """--arch NAME.TAG loads those weights; a saved folder / local-dir: starts from the saved
+    weights (a 3-output model gets the demo's one output); bad ones are refused before any
+    phantom is written."""
+    from ct3dzoo._demo_model import load_demo_model
+
+    monkeypatch.setenv("CT3DZOO_OFFLINE", "1")
+    monkeypatch.setenv("CT3DZOO_HOME", str(tmp_path / "home"))
+    s, _ = tiny_run
+    saved = ct3dzoo.load(s["model_dir"])
+    for ref in (s["model_dir"], f"local-dir:{s['model_dir']}"):
+        said: list[str] = []
+        model, weights = load_demo_model(ref, "kinetics", said.append, False, 0)
+        assert weights == ref and "its own weights" in said[0]
+        for k, v in saved.state_dict().items():
+            assert torch.equal(model.state_dict()[k], v), k
+    three = ct3dzoo.load("x3d_xs", pretrain=None, num_classes=3)
+    three.save_pretrained(tmp_path / "three")
+    model, _ = load_demo_model(str(tmp_path / "three"), "kinetics", said.append, False, 0)
+    assert model.num_classes == 1 and "head reset to 1 output" in said[-1]
+    # NAME.TAG: those weights (not cached, offline: said plainly, then random weights)
+    said = []
+    model, weights = load_demo_model("r3d_18.kinetics400", "kinetics", said.append, False, 0)
+    assert weights is None and "'kinetics400' weights of r3d_18" in said[0]
+    for ref, pretrain, match in (
+        ("r3d_18.kinetics400", None, "--no-pretrain asks for none"),
+        ("r3d_19", "kinetics", "unknown architecture 'r3d_19'; nearest: r3d_18"),
+        (str(tmp_path), "kinetics", "has no config.json"),
+        (str(tmp_path / "nope" / "final"), "kinetics", "is not a folder"),
+    ):
+        out = tmp_path / "refused"
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            demo(out_dir=out, **{**TINY, "arch": ref}, pretrain=pretrain, verbose=False)
+        assert not out.exists()  # refused before anything was written

@@ -30,7 +30,13 @@ FLOORS = [
         "ct3dzoo._references",
     ),
     ("ct3dzoo.phantom", "ct3dzoo.train", "ct3dzoo.explain", "ct3dzoo.viz"),
-    ("ct3dzoo.cli", "ct3dzoo.demo", "ct3dzoo._demo_output", "ct3dzoo.__main__"),
+    (
+        "ct3dzoo.cli",
+        "ct3dzoo.demo",
+        "ct3dzoo._demo_model",
+        "ct3dzoo._demo_output",
+        "ct3dzoo.__main__",
+    ),
 ]
 
 
