@@ -8,7 +8,8 @@ path alone:
   (``r3d_18.kinetics400``) and on the Hub (``medicalnet_resnet10.23datasets``), once with
   the real hosts (on a machine without network: what a user sees) and once pointed at
   ``ct3dzoo-nonexistent.invalid`` (``CT3DZOO_MIRROR`` / ``HF_ENDPOINT``; ``.invalid`` never
-  resolves, so these rows measure the same on any machine);
+  resolves, so these rows measure the same on any machine), and once at a loopback port
+  with nothing listening (a host that refuses the connection: a mirror or proxy that is down);
 - baseline: ``huggingface_hub.hf_hub_download`` of the same Hub file, the call ct3dzoo made
   before it resolved the host itself (huggingface_hub retries network errors with backoff);
 - demo start: ``ct3dzoo.load("medicalnet_resnet10", pretrain="medicalnet")``, what
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +45,25 @@ ROWS: dict[str, dict[str, str]] = {
         "HF_ENDPOINT": NOWHERE,
     },
 }
+
+
+def _closed_port() -> int:
+    """A loopback port with nothing listening (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _refused_rows() -> dict[str, dict[str, str]]:
+    refused = f"http://127.0.0.1:{_closed_port()}"
+    return {
+        "URL row, refused mirror (CT3DZOO_MIRROR=loopback, nothing listening)": {
+            "row": "url", "CT3DZOO_MIRROR": refused},
+        "Hub row, refused endpoint (HF_ENDPOINT=loopback, nothing listening)": {
+            "row": "hub", "HF_ENDPOINT": refused},
+        "baseline: huggingface_hub.hf_hub_download, refused endpoint": {
+            "row": "baseline", "HF_ENDPOINT": refused},
+    }  # fmt: skip
 
 
 def _child(row: str) -> None:
@@ -78,7 +99,7 @@ def main() -> None:
         return _child(args.child)
     print(f"python {platform.python_version()}, {platform.platform()}")
     print("| Request | median s to the error | runs (s) | error |\n|---|---:|---|---|")
-    for name, setting in ROWS.items():
+    for name, setting in {**ROWS, **_refused_rows()}.items():
         if args.skip_baseline and setting["row"] == "baseline":
             continue
         runs, error = [], ""

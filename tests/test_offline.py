@@ -1,5 +1,6 @@
-"""Offline is detected fast (issue 21, point 4): an unresolvable host is a clear
-WeightsUnavailableError within seconds, never retried; offline mode makes no request."""
+"""Offline is detected fast (issue 21, point 4): an unresolvable host, or one that refuses
+or does not answer, is a clear WeightsUnavailableError within seconds, never retried;
+offline mode makes no request."""
 
 from __future__ import annotations
 
@@ -122,3 +123,60 @@ def test_hf_hub_model_unresolvable_endpoint_fails_fast(monkeypatch, hf_env, look
         ct3dzoo.load("hf-hub:someorg/mc3-ct", progress=False)
     assert time.perf_counter() - t0 < 5
     assert lookups == ["ct3dzoo-nonexistent.invalid"]
+
+
+def _closed_port() -> int:
+    """A loopback port with nothing listening (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("var", "name", "what"),
+    [("HF_ENDPOINT", "medicalnet_resnet10.23datasets", "Hub repo"),
+     ("CT3DZOO_MIRROR", "r3d_18.kinetics400", "could not download")],
+)  # fmt: skip
+def test_refused_connection_fails_fast(monkeypatch, hf_env, var, name, what) -> None:
+    port = _closed_port()
+    monkeypatch.setenv(var, f"http://127.0.0.1:{port}")
+    ct3dzoo.get_pretrained_cfg(name)
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as info:
+        ct3dzoo.fetch(name, progress=False)
+    assert time.perf_counter() - t0 < 5  # huggingface_hub's own backoff took ~23 s (Hub row)
+    msg = str(info.value)
+    assert f"cannot connect to 127.0.0.1:{port}" in msg and "refused" in msg.lower()
+    assert what in msg and "nothing was retried" in msg
+
+
+def test_silent_host_is_bounded(monkeypatch) -> None:
+    calls: list[tuple] = []
+
+    def drop(address, timeout=None, *a, **kw):  # a firewall that drops the SYN
+        calls.append((address, timeout))
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", drop)
+    monkeypatch.setenv("CT3DZOO_RESOLVE_TIMEOUT", "0.3")
+    with pytest.raises(WeightsUnavailableError, match=r"cannot connect to 127.0.0.1:8443 \(no "
+                       r"answer in 0.3 s \(CT3DZOO_RESOLVE_TIMEOUT\)\)"):  # fmt: skip
+        transport.check_reachable("https://127.0.0.1:8443/x")
+    assert calls == [(("127.0.0.1", 8443), 0.3)]
+
+
+def test_hub_file_in_hf_cache_still_served_when_host_refuses(
+    http_server, hf_env, monkeypatch
+) -> None:
+    from safetensors.torch import save
+
+    sd = {"w": torch.randn(2, 2)}
+    http_server.serve_hf_repo("ct3dzoo/tiny-refused", {"model.safetensors": save(sd)})
+    monkeypatch.setenv("HF_ENDPOINT", http_server.base)
+    base = ct3dzoo.get_pretrained_cfg("mc3_18.kinetics400")
+    cfg = dataclasses.replace(base, url=None, hf_hub_id="ct3dzoo/tiny-refused")
+    assert torch.equal(load_pretrained_state_dict(cfg, progress=False)["w"], sd["w"])
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    t0 = time.perf_counter()
+    assert torch.equal(load_pretrained_state_dict(cfg, progress=False)["w"], sd["w"])
+    assert time.perf_counter() - t0 < 5

@@ -1,11 +1,12 @@
 """Network transport: a verified-length streaming download, and Hub files through
 ``huggingface_hub`` (its cache, ``HF_ENDPOINT``, offline mode).
 
-Offline is detected fast: before any request the host name is resolved once (at most
-``CT3DZOO_RESOLVE_TIMEOUT`` s); a name that does not resolve is a
+Offline is detected fast: before any request the host name is resolved once and a TCP
+connection opened to it (each at most ``CT3DZOO_RESOLVE_TIMEOUT`` s); a name that does not
+resolve, or a host that refuses or does not answer, is a
 :class:`~ct3dzoo.errors.WeightsUnavailableError` at once, never retried (huggingface_hub
 would otherwise back off for ~23 s on the same error). Through a proxy nothing is resolved
-here (the proxy resolves).
+or probed here (the proxy connects).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .._version import __version__
 from ..errors import WeightsUnavailableError
 from .settings import download_timeout, is_offline, resolve_timeout
 
-__all__ = ["check_resolves", "download", "hf_file", "hf_progress"]
+__all__ = ["check_reachable", "check_resolves", "download", "hf_file", "hf_progress"]
 
 _CHUNK = 1 << 20
 _OFFLINE_HINT = (
@@ -77,12 +78,40 @@ def check_resolves(url: str) -> None:
     raise WeightsUnavailableError(f"cannot resolve the host {host!r} ({reason}): {_OFFLINE_HINT}")
 
 
+def check_reachable(url: str) -> None:
+    """`check_resolves`, then open (and close) a TCP connection to ``url``'s host and port
+    within ``CT3DZOO_RESOLVE_TIMEOUT`` s: a host that refuses or does not answer (a firewall
+    that drops) raises :class:`WeightsUnavailableError` at once, never retried (huggingface_hub
+    backs off ~23 s on a refused connection). Skipped when a proxy serves ``url``."""
+    check_resolves(url)
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+    if not host or (
+        parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
+    ):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    timeout = resolve_timeout()
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except TimeoutError:
+        reason = f"no answer in {timeout:g} s (CT3DZOO_RESOLVE_TIMEOUT)"
+    except OSError as e:  # refused, unreachable network, ...
+        reason = e.strerror or str(e)
+    else:
+        return
+    raise WeightsUnavailableError(
+        f"cannot connect to {host}:{port} ({reason}): the host is down or blocked, or "
+        f"{_OFFLINE_HINT}"
+    )
+
+
 def download(url: str, dest: Path, *, progress: bool) -> tuple[str, int]:
     """Stream ``url`` to ``dest``; return (sha256, size). Short bodies raise."""
     req = urllib.request.Request(url, headers={"User-Agent": f"ct3dzoo/{__version__}"})
     timeout = download_timeout()
     try:
-        check_resolves(url)
+        check_reachable(url)
     except WeightsUnavailableError as e:
         raise WeightsUnavailableError(f"could not download {url}: {e}") from None
     h = hashlib.sha256()
@@ -141,17 +170,17 @@ def hf_progress(enabled: bool) -> Iterator[None]:
 def hf_file(repo_id: str, filename: str, *, revision: str | None, progress: bool) -> Path:
     """One file of a Hub repo through huggingface_hub (``HF_ENDPOINT``; offline: its cache).
 
-    Offline mode, or an endpoint whose host does not resolve, reads the HF cache only
+    Offline mode, or an endpoint whose host does not resolve or answer, reads the HF cache only
     (no request at all, not even huggingface_hub's own best-effort ones); a file that is not
     there is a ``LocalEntryNotFoundError`` at once, naming the cause.
     """
     endpoint = os.environ.get("HF_ENDPOINT") or None
-    unresolved: WeightsUnavailableError | None = None
+    unreachable: WeightsUnavailableError | None = None
     if not is_offline():
         try:
-            check_resolves(endpoint or hf_constants.ENDPOINT)
+            check_reachable(endpoint or hf_constants.ENDPOINT)
         except WeightsUnavailableError as e:
-            unresolved = e
+            unreachable = e
         else:
             with hf_progress(progress):
                 return Path(
@@ -164,8 +193,8 @@ def hf_file(repo_id: str, filename: str, *, revision: str | None, progress: bool
     # an optional file's absence as None catch it), with the cause spelt out
     at = f"@{revision}" if revision else ""
     why = (
-        str(unresolved)
-        if unresolved is not None
+        str(unreachable)
+        if unreachable is not None
         else "offline mode is on (CT3DZOO_OFFLINE / HF_HUB_OFFLINE), so it was not downloaded"
     )
     raise LocalEntryNotFoundError(

@@ -49,8 +49,8 @@ def download_timeout() -> float:
 
 
 def resolve_timeout() -> float:
-    """Seconds to wait for a host name to resolve before calling the machine offline:
-    ``$CT3DZOO_RESOLVE_TIMEOUT`` (default 3)."""
+    """Seconds to wait for a host name to resolve, and then for a connection to it to open,
+    before calling the machine offline: ``$CT3DZOO_RESOLVE_TIMEOUT`` (default 3)."""
     return _seconds("CT3DZOO_RESOLVE_TIMEOUT", "3")
 
 
