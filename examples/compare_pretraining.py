@@ -130,6 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", help="validation manifest (default: a split of the manifest)")
     p.add_argument("--val-fraction", type=float, default=1 / 3)
     p.add_argument("--phantom", type=int, metavar="N", help="make N synthetic series instead")
+    p.add_argument(
+        "--nodule-radius-mm",
+        type=float,
+        nargs=2,
+        default=(12.0, 20.0),
+        metavar=("LO", "HI"),
+        help="phantom nodule radius range (default 12 20)",
+    )
+    p.add_argument(
+        "--lung-vessel-hu",
+        type=float,
+        default=750.0,
+        help="phantom lung-vessel contrast (default 750; the demo's 300: smoother)",
+    )
     p.add_argument("--pairs", nargs="+", metavar="ARCH:PRETRAIN",
                    default=["r3d_18:kinetics", "medicalnet_resnet18:medicalnet",
                             "resnet18_2d:imagenet", "r3d_18:none"])  # fmt: skip
@@ -174,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         shape = (max(16, args.shape[0]), max(64, args.shape[1]), max(64, args.shape[2]))
         manifest = make_phantom_dataset(
             out / "phantom", n=args.phantom, seed=args.split_seed, shape=shape,
-            formats=("dicom",), nodule_radius_mm=(12.0, 20.0),
+            formats=("dicom",), nodule_radius_mm=tuple(args.nodule_radius_mm),
+            lung_vessel_hu=args.lung_vessel_hu,
         )  # fmt: skip
         print(f"wrote {args.phantom} synthetic DICOM series; manifest {manifest}")
 

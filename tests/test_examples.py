@@ -139,7 +139,7 @@ def test_compare_pretraining(
     init and the output and CSV say so; random-init pairs are labelled as such."""
     monkeypatch.setenv("CT3DZOO_OFFLINE", "1")
     args = ["--phantom", "9", *TINY_SIZE, "--sizes", "2", "6", "--epochs", "1"]
-    args += ["--batch-size", "2", "--out", str(tmp_path)]
+    args += ["--batch-size", "2", "--out", str(tmp_path), "--nodule-radius-mm", "18", "28"]
     args += ["--pairs", "r3d_18:kinetics", "medicalnet_resnet10:medicalnet", "r3d_18:none"]
     with pytest.warns(UserWarning, match="intervals and p-values are unreliable"):
         assert _example("compare_pretraining").main(args) == 0
@@ -154,6 +154,9 @@ def test_compare_pretraining(
     assert [r["weights"] for r in rows] == ["random init (unavailable)"] * 4 + ["random init"] * 2
     assert all(0.0 <= float(r["auroc"]) <= 1.0 for r in rows)  # 3 val studies, both classes
     assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    cases = json.loads((tmp_path / "phantom" / "cases.json").read_text())
+    radii = [c["finding"]["radius_mm"] for c in cases if c["finding"]]
+    assert radii and all(18.0 <= r <= 28.0 for r in radii)  # --nodule-radius-mm reached them
     # per size, each source's AUROC with its interval, and paired tests between sources
     summary = _rows(tmp_path / "summary.csv")
     assert [(r["source"], int(r["n_train"])) for r in summary][:3] == [
