@@ -220,10 +220,18 @@ def test_pipeline_json_round_trip_and_refusals() -> None:
         Preprocessing(spacing=1.0, shape=(4, 4, 4))
 
 
-def test_explain_and_predict_agree_and_saliency_lands_on_the_study_grid(run, tmp_path) -> None:
+def test_explain_and_predict_agree_and_saliency_lands_on_the_study_grid(
+    run, tmp_path, monkeypatch
+) -> None:
     pytest.importorskip("pytorch_grad_cam")
     pytest.importorskip("matplotlib")
+    from ct3dzoo.explain import cli as explain_cli
     from ct3dzoo.explain import study_saliency
+
+    titles: list[str] = []
+    draw = explain_cli.saliency_montage
+    monkeypatch.setattr(explain_cli, "saliency_montage",
+                        lambda *a, title, **kw: titles.append(title) or draw(*a, title=title, **kw))  # fmt: skip
 
     model = ct3dzoo.load(str(run["out"] / "final"))
     study = run["val"].records[2]["path"]
@@ -236,6 +244,9 @@ def test_explain_and_predict_agree_and_saliency_lands_on_the_study_grid(run, tmp
     assert cli.main(["explain", str(run["out"] / "final"), str(study), "--out", str(out)]) == 0
     summary = json.loads((out / "saliency.json").read_text())
     assert summary["score"] == pytest.approx(float(pred.score[0]), abs=1e-6)
+    # the montage names the model's folder and its output by the label it was trained on
+    assert titles[0].startswith(f"{run['out'].name}/final: label (output 0), slices 0-")
+    assert f"p {pred.score[0]:.3f}" in titles[0]
     sal = ct3dzoo.data.read_nifti(out / "saliency.nii.gz")
     assert sal.shape == vol.shape and np.allclose(sal.affine, vol.affine, atol=1e-4)
     assert not (out / "slice_scores.png").exists()  # one window: a flat curve is not drawn

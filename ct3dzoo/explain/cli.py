@@ -88,9 +88,11 @@ def run_explain(args: argparse.Namespace) -> int:
     s0, s1 = res.best
     depth = res.input.shape[1]
     map_shape = "x".join(map(str, res.input_saliency.shape))
-    name = Path(args.model).name if Path(args.model).exists() else args.model
+    name = "/".join(Path(args.model).parts[-2:]) if Path(args.model).exists() else args.model
+    labels = res.preprocessing.label_names if res.preprocessing is not None else ()
+    what = f"{labels[res.target]} (output {res.target})" if labels else f"output {res.target}"
     title = (  # two lines: a long model path must not push the figures out of the title
-        f"{name}: output {res.target}, slices {s0}-{s1 - 1} of {depth}, p {res.score:.3f} "
+        f"{name}: {what}, slices {s0}-{s1 - 1} of {depth}, p {res.score:.3f} "
         f"(logit {res.logit:.2f}); input {map_shape}\n{res.method_title or res.method}"
     )
     saliency_montage(res.input, res.input_saliency, path=out / "saliency_montage.png", title=title)
