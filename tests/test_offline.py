@@ -60,24 +60,6 @@ def test_hub_download_unresolvable_endpoint_fails_fast(monkeypatch, hf_env, look
     assert lookups == ["ct3dzoo-nonexistent.invalid"]  # one lookup: ours, no retries
 
 
-def test_hub_file_in_hf_cache_still_served_when_host_unresolvable(
-    http_server, hf_env, monkeypatch, lookups
-) -> None:
-    from safetensors.torch import save
-
-    sd = {"w": torch.randn(3, 4)}
-    http_server.serve_hf_repo("ct3dzoo/tiny-upstream", {"model.safetensors": save(sd)})
-    monkeypatch.setenv("HF_ENDPOINT", http_server.base)
-    base = ct3dzoo.get_pretrained_cfg("mc3_18.kinetics400")
-    cfg = dataclasses.replace(base, url=None, hf_hub_id="ct3dzoo/tiny-upstream")
-    assert torch.equal(load_pretrained_state_dict(cfg, progress=False)["w"], sd["w"])
-    monkeypatch.setenv("HF_ENDPOINT", NOWHERE)
-    n = http_server.count()
-    t0 = time.perf_counter()
-    assert torch.equal(load_pretrained_state_dict(cfg, progress=False)["w"], sd["w"])
-    assert time.perf_counter() - t0 < 5 and http_server.count() == n
-
-
 @pytest.mark.parametrize("var", ["CT3DZOO_OFFLINE", "HF_HUB_OFFLINE"])
 @pytest.mark.parametrize("name", ["r3d_18.kinetics400", "medicalnet_resnet10.23datasets"])
 def test_offline_mode_makes_no_lookup(monkeypatch, hf_env, lookups, var, name) -> None:
@@ -165,18 +147,21 @@ def test_silent_host_is_bounded(monkeypatch) -> None:
     assert calls == [(("127.0.0.1", 8443), 0.3)]
 
 
-def test_hub_file_in_hf_cache_still_served_when_host_refuses(
-    http_server, hf_env, monkeypatch
+@pytest.mark.parametrize("endpoint", ["unresolvable", "refusing"])
+def test_hub_file_in_hf_cache_still_served_when_host_unreachable(
+    http_server, hf_env, monkeypatch, lookups, endpoint
 ) -> None:
     from safetensors.torch import save
 
-    sd = {"w": torch.randn(2, 2)}
-    http_server.serve_hf_repo("ct3dzoo/tiny-refused", {"model.safetensors": save(sd)})
+    sd = {"w": torch.randn(3, 4)}
+    http_server.serve_hf_repo("ct3dzoo/tiny-upstream", {"model.safetensors": save(sd)})
     monkeypatch.setenv("HF_ENDPOINT", http_server.base)
     base = ct3dzoo.get_pretrained_cfg("mc3_18.kinetics400")
-    cfg = dataclasses.replace(base, url=None, hf_hub_id="ct3dzoo/tiny-refused")
+    cfg = dataclasses.replace(base, url=None, hf_hub_id="ct3dzoo/tiny-upstream")
     assert torch.equal(load_pretrained_state_dict(cfg, progress=False)["w"], sd["w"])
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    unreachable = NOWHERE if endpoint == "unresolvable" else f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", unreachable)
+    n = http_server.count()
     t0 = time.perf_counter()
     assert torch.equal(load_pretrained_state_dict(cfg, progress=False)["w"], sd["w"])
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 5 and http_server.count() == n

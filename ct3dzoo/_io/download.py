@@ -46,22 +46,27 @@ _OFFLINE_HINT = (
 )
 
 
-def check_resolves(url: str) -> None:
-    """Raise :class:`WeightsUnavailableError` when ``url``'s host name does not resolve
-    within ``CT3DZOO_RESOLVE_TIMEOUT`` s (no retries). Skipped when a proxy serves ``url``."""
+def _direct_target(url: str) -> tuple[str, int] | None:
+    """``(host, port)`` that a request for ``url`` connects to itself; None through a proxy
+    (the proxy resolves and connects) or without a host."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname
     if not host or (
         parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
     ):
-        return
+        return None
+    return host, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _resolve(host: str, port: int) -> list[tuple]:
+    """The host's stream addresses, within ``CT3DZOO_RESOLVE_TIMEOUT`` s (one lookup, no
+    retries); :class:`WeightsUnavailableError` when the name does not resolve in time."""
     timeout = resolve_timeout()
-    outcome: list[BaseException | None] = []
+    outcome: list[list[tuple] | BaseException] = []
 
     def resolve() -> None:
         try:
-            socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-            outcome.append(None)
+            outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         except OSError as e:  # socket.gaierror, or a resolver that is not there
             outcome.append(e)
 
@@ -69,37 +74,41 @@ def check_resolves(url: str) -> None:
     worker = threading.Thread(target=resolve, name="ct3dzoo-resolve", daemon=True)
     worker.start()
     worker.join(timeout)
-    if not outcome:
-        reason = f"no answer from the name resolver in {timeout:g} s (CT3DZOO_RESOLVE_TIMEOUT)"
-    elif outcome[0] is not None:
-        reason = str(outcome[0])
-    else:
-        return
+    if outcome and not isinstance(outcome[0], BaseException):
+        return outcome[0]
+    reason = (
+        str(outcome[0])
+        if outcome
+        else f"no answer from the name resolver in {timeout:g} s (CT3DZOO_RESOLVE_TIMEOUT)"
+    )
     raise WeightsUnavailableError(f"cannot resolve the host {host!r} ({reason}): {_OFFLINE_HINT}")
 
 
+def check_resolves(url: str) -> None:
+    """Raise :class:`WeightsUnavailableError` when ``url``'s host name does not resolve
+    within ``CT3DZOO_RESOLVE_TIMEOUT`` s (no retries). Skipped when a proxy serves ``url``."""
+    if (target := _direct_target(url)) is not None:
+        _resolve(*target)
+
+
 def check_reachable(url: str) -> None:
-    """`check_resolves`, then open (and close) a TCP connection to ``url``'s host and port
-    within ``CT3DZOO_RESOLVE_TIMEOUT`` s: a host that refuses or does not answer (a firewall
-    that drops) raises :class:`WeightsUnavailableError` at once, never retried (huggingface_hub
-    backs off ~23 s on a refused connection). Skipped when a proxy serves ``url``."""
-    check_resolves(url)
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname
-    if not host or (
-        parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
-    ):
+    """`check_resolves`, then open (and close) a TCP connection to one of the addresses it
+    found within ``CT3DZOO_RESOLVE_TIMEOUT`` s: a host that refuses or does not answer (a
+    firewall that drops) raises :class:`WeightsUnavailableError` at once, never retried
+    (huggingface_hub backs off ~23 s on a refused connection). Skipped through a proxy."""
+    if (target := _direct_target(url)) is None:
         return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host, port = target
     timeout = resolve_timeout()
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except TimeoutError:
-        reason = f"no answer in {timeout:g} s (CT3DZOO_RESOLVE_TIMEOUT)"
-    except OSError as e:  # refused, unreachable network, ...
-        reason = e.strerror or str(e)
-    else:
-        return
+    reason = "no address"
+    for *_, sockaddr in _resolve(host, port):  # the addresses looked up once, not again
+        try:
+            socket.create_connection(sockaddr[:2], timeout=timeout).close()
+            return
+        except TimeoutError:
+            reason = f"no answer in {timeout:g} s (CT3DZOO_RESOLVE_TIMEOUT)"
+        except OSError as e:  # refused, unreachable network, ...
+            reason = e.strerror or str(e)
     raise WeightsUnavailableError(
         f"cannot connect to {host}:{port} ({reason}): the host is down or blocked, or "
         f"{_OFFLINE_HINT}"
