@@ -10,10 +10,8 @@ starts from its own weights (its head reset to the demo's one output when it has
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from ._cli_args import is_path_reference
 from ._specs import ModelOptions
 
 __all__ = ["check_demo_model", "load_demo_model"]
@@ -22,32 +20,24 @@ __all__ = ["check_demo_model", "load_demo_model"]
 #: from :class:`ct3dzoo._specs.ModelOptions`; the demo's task fixes ``num_classes=1``.
 MODEL_OPTIONS = ("head", "drop_rate")
 
-_FORMS = (
-    "an architecture name (`ct3dzoo list`), NAME.TAG, a folder written by save_pretrained or "
-    "finetune (its final/), local-dir:PATH or hf-hub:ORG/NAME"
-)
 
-
-def check_demo_model(ref: str, pretrain: str | None) -> None:
-    """Refuse a reference that cannot be loaded before any data is written: an unknown
-    architecture (with the nearest names), a missing folder, a tag with ``pretrain=None``."""
+def check_demo_model(ref: str, pretrain: str | None) -> bool:
+    """Refuse a reference that cannot be loaded before any data is written (an unknown
+    architecture with the nearest names, a missing folder: `check_reference`; a tag with
+    ``pretrain=None``). True for a saved model, False for an architecture name."""
     from ct3dzoo import models  # noqa: F401  (fills the registry that get_arch reads)
-    from ct3dzoo._registry import get_arch, split_name
-    from ct3dzoo._saved import is_model_folder
+    from ct3dzoo._references import check_reference
+    from ct3dzoo._registry import split_name
 
-    if is_path_reference(ref):
-        if ref.startswith(("hf-hub:", "local-dir:")) or is_model_folder(ref):
-            return
-        path = Path(ref).expanduser()
-        what = "has no config.json" if path.is_dir() else "is not a folder"
-        raise FileNotFoundError(f"--arch {ref}: {what}; give {_FORMS}")
+    if check_reference(ref):
+        return True
     name, tag = split_name(ref)
-    get_arch(name)  # unknown names: an error with the nearest ones
     if tag is not None and pretrain is None:
         raise ValueError(
             f"--arch {ref} names the {tag!r} weights but --no-pretrain asks for none: "
             f"drop one (--arch {name} --no-pretrain for random weights)"
         )
+    return False
 
 
 def load_demo_model(
@@ -68,8 +58,7 @@ def load_demo_model(
     from ct3dzoo._registry import get_arch, split_name
     from ct3dzoo.errors import WeightsUnavailableError
 
-    check_demo_model(ref, pretrain)
-    if is_path_reference(ref):
+    if check_demo_model(ref, pretrain):
         model = load_reference(ref, progress=progress)
         note = "its own weights"
         if model.num_classes != 1:

@@ -12,7 +12,31 @@ from ._publish import CONFIG_NAME
 from ._registry import get_arch, split_name
 from ._saved import is_model_folder
 
-__all__ = ["load_reference"]
+__all__ = ["REFERENCE_FORMS", "check_reference", "load_reference"]
+
+
+#: every form a model reference can take, for error messages
+REFERENCE_FORMS = (
+    "give a folder written by save_pretrained or finetune (its final/), local-dir:PATH, "
+    "hf-hub:ORG/NAME or an architecture name (`ct3dzoo list`)"
+)
+
+
+def check_reference(ref: str) -> bool:
+    """Refuse a reference that cannot name a model, without loading anything: a folder
+    without ``config.json``, a missing path, an unknown architecture (with the nearest
+    names). Returns True for a saved model (folder, ``local-dir:``, ``hf-hub:``), False for
+    an architecture name ``arch[.tag]``."""
+    if ref.startswith(("hf-hub:", "local-dir:")) or is_model_folder(ref):
+        return True
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        raise FileNotFoundError(f"{ref} is a folder without {CONFIG_NAME}: {REFERENCE_FORMS}")
+    if is_path_reference(ref):  # a path that is not a folder, not an architecture name
+        what = "is a file, not a model folder" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"model folder {ref} {what}: {REFERENCE_FORMS}")
+    get_arch(split_name(ref)[0])  # unknown names: an error with the nearest ones
+    return False
 
 
 def load_reference(
@@ -27,20 +51,9 @@ def load_reference(
     ``hf-hub:ORG/NAME`` (``pretrain``/``num_classes`` unused), or an architecture name
     ``arch[.tag]`` built with ``pretrain`` (``"default"``: its default weights; ``"none"``:
     random init; a tag or a checkpoint path) and a new ``num_classes`` head."""
-    if ref.startswith(("hf-hub:", "local-dir:")) or is_model_folder(ref):
+    if check_reference(ref):
         return load(ref, progress=progress)  # type: ignore[return-value]
-    path = Path(ref).expanduser()
-    forms = (
-        "give a folder written by save_pretrained or finetune (its final/), local-dir:PATH, "
-        "hf-hub:ORG/NAME or an architecture name (`ct3dzoo list`)"
-    )
-    if path.is_dir():
-        raise FileNotFoundError(f"{ref} is a folder without {CONFIG_NAME}: {forms}")
-    if is_path_reference(ref):  # a path that is not a folder, not an architecture name
-        what = "is a file, not a model folder" if path.exists() else "does not exist"
-        raise FileNotFoundError(f"model folder {ref} {what}: {forms}")
-    name = split_name(ref)[0]
-    arch = get_arch(name)  # unknown names: an error with the nearest ones
+    arch = get_arch(split_name(ref)[0])
     choice: Any = pretrain
     if pretrain is None or str(pretrain).lower() == "none":
         choice = None

@@ -272,8 +272,8 @@ def test_demo_takes_every_model_reference(tiny_run, tmp_path: Path, monkeypatch)
     for ref, pretrain, match in (
         ("r3d_18.kinetics400", None, "--no-pretrain asks for none"),
         ("r3d_19", "kinetics", "unknown architecture 'r3d_19'; nearest: r3d_18"),
-        (str(tmp_path), "kinetics", "has no config.json"),
-        (str(tmp_path / "nope" / "final"), "kinetics", "is not a folder"),
+        (str(tmp_path), "kinetics", "is a folder without config.json"),
+        (str(tmp_path / "nope" / "final"), "kinetics", "model folder .* does not exist"),
     ):
         out = tmp_path / "refused"
         with pytest.raises((ValueError, FileNotFoundError), match=match):
