@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ __all__ = ["EpochLines", "ci_note", "folder_bytes", "write_montage", "write_sali
 def ci_note(ci: Any, n: int) -> str:
     """``" (95% CI 0.937-0.999, bootstrap over 64 held-out cases)"`` for a ``[low, high]``
     interval from ``finetune``'s record; the case count alone when there is none."""
-    if ci is None or any(v is None or v != v for v in ci):  # undefined: one class only
+    if ci is None or any(v is None or math.isnan(v) for v in ci):  # undefined: one class
         return f" ({n} held-out cases)"
     return f" (95% CI {ci[0]:.3f}-{ci[1]:.3f}, bootstrap over {n} held-out cases)"
 

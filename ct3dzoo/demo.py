@@ -34,8 +34,8 @@ __all__ = ["add_demo_parser", "demo", "run_demo"]
 #: the default demo: MedicalNet's 3D ResNet-10 (strided, `DEFAULT_ARCH_KWARGS`) from random
 #: weights (the offline case) on 16x32x32 lung crops of 16x43x43 phantoms, 256 training
 #: cases, 6 epochs, no random flips: held-out validation AUROC 0.933-0.976 (seeds 0-2, two
-#: machines) in 25-57 s wall on 2-core VMs, 73 MB written (``python benchmarks/demo.py``; runs and what
-#: else was tried: docs/benchmarks.md). Cached weights: try ``--arch r3d_18`` (Kinetics).
+#: machines) in 25-57 s wall on 2-core VMs, 73 MB written (``python benchmarks/demo.py``;
+#: runs and what else was tried: docs/benchmarks.md). Cached weights: ``--arch r3d_18``.
 DEFAULTS: dict[str, Any] = {
     "arch": "medicalnet_resnet10",
     "n_cases": 320,
@@ -287,8 +287,9 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--out", default="ct3dzoo-demo", help="output folder (default ct3dzoo-demo)")
-    p.add_argument("--arch", default=d["arch"], help=f"the model: an architecture (default "
-                   f"{d['arch']}), NAME.TAG, a saved model's folder, local-dir:PATH or hf-hub:ORG/NAME")  # fmt: skip
+    p.add_argument("--arch", default=d["arch"],
+                   help=f"the model: an architecture (default {d['arch']}), NAME.TAG, a saved "
+                   "model's folder, local-dir:PATH or hf-hub:ORG/NAME")  # fmt: skip
     p.add_argument("--cases", type=int, default=d["n_cases"], help="phantom cases in all")
     p.add_argument("--val", type=int, default=d["n_val"], help="validation cases")
     p.add_argument("--epochs", type=int, default=d["epochs"])
